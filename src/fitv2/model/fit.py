@@ -1,0 +1,127 @@
+"""The FiT / FiTv2 backbone: a transformer over a variable-length sequence of patch tokens.
+
+An image of h × w tokens is a sequence of N = h·w tokens in row-major order; a batch pads
+sequences to its longest one (or packs several images into one sequence). Position enters
+only through 2D RoPE, so one set of weights serves every height, width and aspect ratio.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import ModelConfig
+from .layers import FinalLayer, FiTBlock, LabelEmbedder, PatchEmbedder, TimestepEmbedder
+from .rope import RopeScaling, rope_tables
+
+
+class FiT(nn.Module):
+    """FiTv2 (adaln='lora', QK-Norm, SwiGLU 8d/3) or FiT v1 (adaln='full', SwiGLU 4d) backbone."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        d = config.hidden_size
+        self.x_embedder = PatchEmbedder(config.token_dim, d)
+        self.t_embedder = TimestepEmbedder(d)
+        self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
+        if config.adaln == "lora":
+            self.global_adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d, bias=config.adaln_bias))
+        else:
+            self.global_adaLN_modulation = None
+        self.blocks = nn.ModuleList(FiTBlock(config) for _ in range(config.depth))
+        self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, config.adaln_bias)
+        self.rope = RopeScaling()  # extrapolation used when forward() is given none
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Reference initialisation: the untrained network outputs exactly zero."""
+
+        def basic(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(basic)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        zero = [block.adaLN_modulation[-1] for block in self.blocks]
+        zero += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        if self.global_adaLN_modulation is not None:
+            zero.append(self.global_adaLN_modulation[-1])
+        for layer in zero:
+            nn.init.zeros_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+    def embed_time(self, t: Tensor) -> Tensor:
+        if self.config.continuous_time:
+            s = self.config.time_shifting
+            t = torch.clamp(s * t / (1 + (s - 1) * t), max=1.0)
+        return self.t_embedder(t.float())
+
+    def conditioning(self, t: Tensor, y: Tensor) -> Tensor:
+        """c = t_emb + y_emb per image: (B, n, D). t and y are (B,) or (B, n)."""
+        if t.dim() == 1:
+            t = t[:, None]
+        if y.dim() == 1:
+            y = y[:, None]
+        t = t.expand(y.shape) if t.shape[1] < y.shape[1] else t
+        return self.embed_time(t) + self.y_embedder(y, self.training)
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        grid: Tensor,
+        mask: Tensor,
+        size: Tensor | None = None,
+        segment: Tensor | None = None,
+        rope: RopeScaling | None = None,
+    ) -> Tensor:
+        """Velocity (or epsilon and variance for v1) per token.
+
+        x: (B, N, p²·C) tokens, (c, p1, p2) order.   t: (B,) or (B, n) time.
+        y: (B,) or (B, n) labels (num_classes = null).   grid: (B, 2, N) column/row index.
+        mask: (B, N) 1 = real token.   size: (B, n, 2) (h, w) per image in tokens.
+        segment: (B, N) 1-based image id per token for packed rows (0 = padding).
+        rope: extrapolation method; default ``self.rope``.
+        Returns (B, N, p²·C_out) with exact zeros at padding.
+        """
+        grid = grid.long()
+        if size is None:
+            size = torch.stack([grid[:, 1].amax(-1), grid[:, 0].amax(-1)], dim=-1)[:, None] + 1  # (B, 1, 2)
+        attn_segment = segment
+        if attn_segment is None and not bool(mask.bool().all()):
+            attn_segment = mask.long()  # one image per row: valid = 1, padding = 0
+        cfg = self.config
+        cos, sin = rope_tables(grid, size, cfg.head_dim, cfg.rope_theta, rope or self.rope,
+                               cfg.rope_train_len, segment)
+
+        x = self.x_embedder(x)  # (B, N, D)
+        c = self.conditioning(t, y)  # (B, n, D)
+        global_mod = self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0
+        for block in self.blocks:
+            if cfg.grad_checkpointing and self.training:
+                x = checkpoint(block, x, c, mask, segment, attn_segment, cos, sin, global_mod,
+                               use_reentrant=False)
+            else:
+                x = block(x, c, mask, segment, attn_segment, cos, sin, global_mod)
+        x = self.final_layer(x, c, segment)  # (B, N, p²·C_out)
+        return x * mask[..., None].to(x.dtype)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_model(config: ModelConfig, device: str | torch.device | None = None) -> FiT:
+    """Construct the backbone; on device 'meta' nothing is allocated (for counting)."""
+    if device is not None and torch.device(device).type == "meta":
+        with torch.device("meta"):
+            return FiT(config)
+    model = FiT(config)
+    return model.to(device) if device is not None else model

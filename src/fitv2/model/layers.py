@@ -1,0 +1,222 @@
+"""Building blocks of the FiT / FiTv2 backbone.
+
+Parameter names follow the released checkpoints (``x_embedder.proj``, ``t_embedder.mlp``,
+``y_embedder.embedding_table``, ``attn.qkv``, ``mlp.fc1_g`` ...), so those load strictly.
+Conditioning tensors are per image: ``(B, n, ·)`` with n = 1 for an ordinary batch (it
+broadcasts over tokens) or n images per row for packed sequences, where ``tokenwise``
+spreads each image's values over its own tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rope import apply_rope
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+def tokenwise(values: Tensor, segment: Tensor | None) -> Tensor:
+    """Per-image values (B, n, D) -> per token (B, N, D); unchanged (broadcasting) when n == 1."""
+    if segment is None:
+        return values
+    index = (segment - 1).clamp(min=0)[..., None].expand(-1, -1, values.shape[-1])
+    return values.gather(1, index)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalisation over the last dim, computed in float32, optional weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, weight: bool = False):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return out * self.weight if self.weight is not None else out
+
+
+def make_norm(kind: str | None, dim: int, weight: bool = False) -> nn.Module:
+    """LayerNorm (no bias; weight only if asked), RMSNorm, or identity; eps 1e-6 as the reference."""
+    if kind is None:
+        return nn.Identity()
+    if kind == "layernorm":
+        if weight:
+            return nn.LayerNorm(dim, eps=1e-6, bias=False)
+        return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, weight=weight)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+class PatchEmbedder(nn.Module):
+    """Linear embedding of already-flattened patch tokens (B, N, p²C) -> (B, N, D)."""
+
+    def __init__(self, token_dim: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(token_dim, hidden_size, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features (cos first, 256 dims, max period 10⁴) followed by a 2-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_size: int = 256):
+        super().__init__()
+        self.frequency_size = frequency_size
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+
+    @staticmethod
+    def sinusoid(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+        args = t[..., None] * freqs
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype)
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(self.sinusoid(t, self.frequency_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class embedding table with one extra row, the null class (id = num_classes), for CFG."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+
+    def forward(self, labels: Tensor, train: bool) -> Tensor:
+        if train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, self.num_classes, labels)
+        return self.embedding_table(labels)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, segment: Tensor | None) -> Tensor:
+    """Scaled dot-product attention where a token sees only tokens of its own segment.
+
+    q, k, v: (B, heads, N, head_dim). segment: (B, N) ids, 0 = padding, k = k-th image of the
+    row; None = nothing padded or packed. Padding attends to padding, so no softmax row is
+    empty, and a valid token's output never depends on padding or on other images.
+    """
+    if segment is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    same = segment[:, None, :, None] == segment[:, None, None, :]  # (B, 1, N, N)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=same)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: QK-Norm, then 2D RoPE on q and k, then masked SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: str | None = None,
+                 qk_norm_weight: bool = False, rope_on_v: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = make_norm(qk_norm, self.head_dim, qk_norm_weight)
+        self.k_norm = make_norm(qk_norm, self.head_dim, qk_norm_weight)
+        self.proj = nn.Linear(dim, dim)
+        self.rope_on_v = rope_on_v
+
+    def forward(self, x: Tensor, mask: Tensor, segment: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        if self.rope_on_v:
+            v = apply_rope(v, cos, sin).to(q.dtype)
+        x = attention(q, k, v, segment)
+        x = x.transpose(1, 2).reshape(B, N, D) * mask[..., None].to(x.dtype)
+        return self.proj(x)
+
+
+class SwiGLU(nn.Module):
+    """fc2(SiLU(fc1_g x) ⊙ fc1_x x)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden, bias=bias)
+        self.fc1_x = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.silu(self.fc1_g(x)) * self.fc1_x(x))
+
+
+class GeluMlp(nn.Module):
+    """fc2(GELU_tanh(fc1 x)), the DiT/SiT MLP."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class FiTBlock(nn.Module):
+    """Pre-norm transformer block modulated by the conditioning (adaLN-Zero style gates).
+
+    adaln='lora': per-block SiLU -> Linear(d, r) -> Linear(r, 6d), added to a global
+    modulation shared by all blocks (FiTv2). adaln='full': per-block SiLU -> Linear(d, 6d)
+    (FiT v1). Chunk order: shift/scale/gate for attention, then for the FFN.
+    """
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        d = cfg.hidden_size
+        self.norm1 = make_norm("layernorm", d)
+        self.norm2 = make_norm("layernorm", d)
+        self.attn = Attention(d, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.qk_norm_weight, cfg.rope_on_v)
+        mlp_cls = GeluMlp if cfg.mlp == "gelu" else SwiGLU
+        self.mlp = mlp_cls(d, cfg.mlp_hidden, bias=cfg.ffn_bias)
+        if cfg.adaln == "lora":
+            self.adaLN_modulation = nn.Sequential(
+                nn.SiLU(),
+                nn.Linear(d, cfg.lora_rank, bias=cfg.adaln_bias),
+                nn.Linear(cfg.lora_rank, 6 * d, bias=cfg.adaln_bias),
+            )
+        else:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d, bias=cfg.adaln_bias))
+
+    def forward(self, x: Tensor, c: Tensor, mask: Tensor, segment: Tensor | None, attn_segment: Tensor | None,
+                cos: Tensor, sin: Tensor, global_mod: Tensor | float = 0.0) -> Tensor:
+        """segment: image id per token of packed rows (None: one image per row);
+        attn_segment: what attention separates (images and padding; None: nothing to separate)."""
+        mod = tokenwise(self.adaLN_modulation(c) + global_mod, segment)  # (B, n|N, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask, attn_segment, cos, sin)
+        x = x + gate_msa * h
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """LayerNorm, modulation by the conditioning (no LoRA, no global term), linear to patch values."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, adaln_bias: bool = True):
+        super().__init__()
+        self.norm_final = make_norm("layernorm", hidden_size)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=adaln_bias))
+
+    def forward(self, x: Tensor, c: Tensor, segment: Tensor | None) -> Tensor:
+        shift, scale = tokenwise(self.adaLN_modulation(c), segment).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))

@@ -1,0 +1,237 @@
+"""Sampling: ODE/SDE solvers, classifier-free guidance, and the ``sample_tokens`` API.
+
+Integration runs from t = 0 (Gaussian noise) to t = 1 (data) in float32. Solvers:
+``euler`` and ``heun`` (fixed steps on a uniform grid), any torchdiffeq method such as
+``dopri5`` (adaptive; the paper's choice), and ``sde`` (Euler–Maruyama with the
+reference's diffusion forms and last step).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .model.rope import RopeScaling
+from .tokens import TokenBatch, size_batch
+
+GUIDED_CHANNELS = ("all", "reference")
+GUIDANCE_SCHEDULES = ("constant", "power-cos")
+FIXED_SOLVERS = ("euler", "heun")
+SDE_DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
+LAST_STEPS = ("Mean", "Euler", "Tweedie", "None")
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance v = v_u + w·(v_c − v_u).
+
+    channels: 'all' (standard) or 'reference' — only latent channels 0–2 are guided and the
+    rest keep the conditional prediction, as the released FiT/FiTv2/DiT samplers do.
+    schedule: 'constant' or the reference's 'power-cos', w(t) = 1 + (w − 1)·(1 − cos(π(1 − t)^p))/2
+    (with flow time this is full guidance at noise, none at data).
+    interval: guidance only for t in [lo, hi]; elsewhere the conditional velocity alone.
+    """
+
+    scale: float = 1.0
+    channels: str = "all"
+    schedule: str = "constant"
+    power: float = 1.0
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.channels not in GUIDED_CHANNELS:
+            raise ValueError(f"guidance channels must be one of {GUIDED_CHANNELS}, got {self.channels!r}")
+        if self.schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance schedule must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}")
+        lo, hi = self.interval
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
+
+    def active(self, t: float) -> bool:
+        lo, hi = self.interval
+        return self.scale != 1.0 and lo <= t <= hi
+
+    def scale_at(self, t: Tensor) -> Tensor | float:
+        """Guidance weight per sample (B, 1, 1), or a float when constant."""
+        if self.schedule == "constant":
+            return self.scale
+        step = (1 - torch.cos(((1 - torch.clamp_max(t, 1.0)) ** self.power) * math.pi)) / 2
+        return ((self.scale - 1) * step + 1).view(-1, 1, 1)
+
+    def guided_features(self, patch_size: int) -> int | None:
+        """How many leading features of a token are guided (None = all)."""
+        return None if self.channels == "all" else 3 * patch_size * patch_size
+
+
+def apply_guidance(cond: Tensor, uncond: Tensor, scale: Tensor | float, guided_features: int | None) -> Tensor:
+    """uncond + scale·(cond − uncond) on the first ``guided_features`` features (all if None);
+    the remaining features keep ``cond``."""
+    guided = uncond + scale * (cond - uncond)
+    if guided_features is None:
+        return guided
+    return torch.cat([guided[..., :guided_features], cond[..., guided_features:]], dim=-1)
+
+
+class VelocityField:
+    """v(t, x) of a model for fixed labels, positions and guidance; counts evaluations."""
+
+    def __init__(self, model, y: Tensor, tokens: TokenBatch, guidance: Guidance = Guidance(),
+                 rope: RopeScaling | None = None, null_label: int | None = None):
+        self.model = model
+        self.y = y
+        self.tokens = tokens
+        self.guidance = guidance
+        self.rope = rope
+        self.null_label = model.config.num_classes if null_label is None else null_label
+        self.out_channels = model.config.in_channels * model.config.patch_size**2
+        self.evaluations = 0
+        self.times: list[float] = []
+
+    def _forward(self, x: Tensor, t: Tensor, y: Tensor, tokens: TokenBatch) -> Tensor:
+        out = self.model(x, t, y, **tokens.model_inputs(), rope=self.rope)
+        return out[..., : self.out_channels]  # drop a learned-sigma half if present
+
+    def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+        self.evaluations += 1
+        self.times.append(float(t))
+        tb = torch.as_tensor(t, dtype=torch.float32).to(x.device).expand(x.shape[0])  # (B,)
+        if not self.guidance.active(float(t)):
+            return self._forward(x, tb, self.y, self.tokens)
+        doubled = _double(self.tokens)
+        y_null = torch.full_like(self.y, self.null_label)
+        out = self._forward(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([self.y, y_null]), doubled)
+        cond, uncond = out.chunk(2)
+        scale = self.guidance.scale_at(tb)
+        return apply_guidance(cond, uncond, scale, self.guidance.guided_features(self.model.config.patch_size))
+
+
+def _double(tokens: TokenBatch) -> TokenBatch:
+    seg = torch.cat([tokens.segment, tokens.segment]) if tokens.segment is not None else None
+    return TokenBatch(torch.cat([tokens.x, tokens.x]), torch.cat([tokens.grid, tokens.grid]),
+                      torch.cat([tokens.mask, tokens.mask]), torch.cat([tokens.size, tokens.size]), seg)
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How to integrate. ``steps`` = solver steps on a uniform grid (Euler: one model call
+    each, Heun: two; SDE: steps − 1 Euler–Maruyama steps plus the last step); adaptive
+    torchdiffeq methods ignore it and use atol/rtol."""
+
+    solver: str = "euler"
+    steps: int = 50
+    atol: float = 1e-6
+    rtol: float = 1e-3
+    diffusion_form: str = "sigma"
+    diffusion_norm: float = 1.0
+    last_step: str = "Mean"
+    last_step_size: float = 0.04
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.solver == "sde":
+            if self.diffusion_form not in SDE_DIFFUSIONS:
+                raise ValueError(f"diffusion form must be one of {SDE_DIFFUSIONS}")
+            if self.last_step not in LAST_STEPS:
+                raise ValueError(f"last step must be one of {LAST_STEPS}")
+
+
+def euler(f, x: Tensor, ts: Tensor) -> Tensor:
+    for t0, t1 in zip(ts[:-1], ts[1:]):
+        x = x + (t1 - t0) * f(t0, x)
+    return x
+
+
+def heun(f, x: Tensor, ts: Tensor) -> Tensor:
+    for t0, t1 in zip(ts[:-1], ts[1:]):
+        dt = t1 - t0
+        d0 = f(t0, x)
+        x_pred = x + dt * d0
+        x = x + dt * 0.5 * (d0 + f(t1, x_pred))
+    return x
+
+
+def odeint_torchdiffeq(f, x: Tensor, ts: Tensor, method: str, atol: float, rtol: float) -> Tensor:
+    try:
+        from torchdiffeq import odeint
+    except ImportError as err:  # pragma: no cover - torchdiffeq is a dependency
+        raise RuntimeError("adaptive solvers need torchdiffeq: pip install torchdiffeq") from err
+    return odeint(f, x, ts, method=method, atol=atol, rtol=rtol)[-1]
+
+
+def sde_diffusion(form: str, t: Tensor, norm: float) -> Tensor:
+    """w(t) of the reference's SDE for the linear path."""
+    if form == "constant":
+        return torch.full_like(t, norm)
+    if form == "SBDM":
+        return norm * (1 - t) / t
+    if form in ("sigma", "linear"):
+        return norm * (1 - t)
+    if form == "decreasing":
+        return 0.25 * (norm * torch.cos(math.pi * t) + 1) ** 2
+    if form == "increasing-decreasing":
+        return norm * torch.sin(math.pi * t) ** 2
+    raise ValueError(f"unknown diffusion form {form!r}")
+
+
+def score_from_velocity(v: Tensor, x: Tensor, t: Tensor) -> Tensor:
+    """∇log p_t(x) = (t·v − x)/(1 − t) for x_t = t·x1 + (1 − t)·x0."""
+    return (t * v - x) / (1 - t)
+
+
+def euler_maruyama(f, x: Tensor, cfg: SolverConfig, generator: torch.Generator | None = None) -> Tensor:
+    last = 0.0 if cfg.last_step == "None" else cfg.last_step_size
+    ts = torch.linspace(0.0, 1.0 - last, cfg.steps)
+    dt = ts[1] - ts[0] if cfg.steps > 1 else torch.tensor(0.0)
+
+    def drift(t: Tensor, x: Tensor) -> Tensor:
+        v = f(t, x)
+        tt = t.to(x.device)
+        return v + sde_diffusion(cfg.diffusion_form, tt, cfg.diffusion_norm) * score_from_velocity(v, x, tt)
+
+    for t in ts[:-1]:
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        w = sde_diffusion(cfg.diffusion_form, t, cfg.diffusion_norm).to(x.device)
+        x = x + drift(t, x) * dt + torch.sqrt(2 * w) * noise * torch.sqrt(dt)
+    t1 = ts[-1]
+    if cfg.last_step == "Mean":
+        x = x + drift(t1, x) * last
+    elif cfg.last_step == "Euler":
+        x = x + f(t1, x) * last
+    elif cfg.last_step == "Tweedie":
+        tt = t1.to(x.device)
+        x = x / tt + (1 - tt) ** 2 / tt * score_from_velocity(f(t1, x), x, tt)
+    return x
+
+
+def integrate(f, x: Tensor, cfg: SolverConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Integrate dx/dt = f(t, x) from t = 0 to 1 (or run the SDE) with the configured solver."""
+    if cfg.solver == "sde":
+        return euler_maruyama(f, x, cfg, generator)
+    ts = torch.linspace(0.0, 1.0, cfg.steps + 1)
+    if cfg.solver == "euler":
+        return euler(f, x, ts)
+    if cfg.solver == "heun":
+        return heun(f, x, ts)
+    return odeint_torchdiffeq(f, x, ts.to(x.device), cfg.solver, cfg.atol, cfg.rtol)
+
+
+@torch.no_grad()
+def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig = SolverConfig(),
+                  guidance: Guidance = Guidance(), rope: RopeScaling | None = None,
+                  generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+    """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label."""
+    device = next(model.parameters()).device
+    labels = labels.to(device)
+    tokens = size_batch(labels.shape[0], h, w, model.config.token_dim, device="cpu", generator=generator).to(device)
+    if noise is not None:
+        tokens.x = noise.to(device)
+    field_ = VelocityField(model, labels, tokens, guidance, rope)
+    return integrate(field_, tokens.x.float(), solver, generator)

@@ -1,0 +1,120 @@
+"""Backbone: presets, initialisation, padding and packing invariance, layout."""
+
+import pytest
+import torch
+from conftest import randomize, tiny_config
+
+from fitv2.config import ablation_config, model_config
+from fitv2.model import FiT
+from fitv2.model.flops import model_summary
+from fitv2.tokens import make_grid, pack_sequences, pad_sequences, patchify, unpatchify
+
+# (params, Table I GFLOPs) from the issue / paper
+EXPECTED = {
+    "FiTv2-B/2": (128.15e6, 27.3),
+    "FiTv2-XL/2": (671.05e6, 147),
+    "FiTv2-3B/2": (2.97e9, 653),
+    "FiT-XL/2": (823.6e6, 153),
+}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_preset_params_and_gflops_match_paper(name):
+    params, gflops = EXPECTED[name]
+    summary = model_summary(model_config(name))
+    assert summary["params"] == pytest.approx(params, rel=0.005)
+    assert summary["gflops"] == pytest.approx(gflops, rel=0.005)
+
+
+def test_ablation_rows_build():
+    cfg_a, train_a = ablation_config("A")
+    assert (cfg_a.adaln, cfg_a.mlp, cfg_a.qk_norm, cfg_a.depth) == ("full", "swiglu-large", None, 12)
+    assert train_a == {"data_mode": "flexible", "time_sampling": "uniform"}
+    cfg_c, _ = ablation_config("C")
+    assert (cfg_c.adaln, cfg_c.depth, cfg_c.qk_norm) == ("lora", 15, "layernorm")
+    assert ablation_config("F")[1]["time_sampling"] == "logit-normal"
+
+
+def _inputs(cfg, sizes, generator=None):
+    items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in sizes]
+    return items, pad_sequences(items)
+
+
+@pytest.mark.parametrize("v1", [False, True])
+def test_untrained_model_outputs_exact_zero(v1):
+    cfg = tiny_config(adaln="full", mlp="swiglu-large", qk_norm=None, learn_sigma=True) if v1 else tiny_config()
+    model = FiT(cfg)
+    _, batch = _inputs(cfg, [(3, 5), (4, 4)])
+    out = model(batch.x, torch.rand(2), torch.tensor([1, 2]), batch.grid, batch.mask, batch.size)
+    assert out.shape == (2, 16, cfg.patch_size**2 * cfg.out_channels)
+    assert torch.count_nonzero(out) == 0
+    # every block is the identity at init: gates are exactly zero
+    c = model.conditioning(torch.rand(2), torch.tensor([1, 2]))
+    for block in model.blocks:
+        mod = block.adaLN_modulation(c)
+        assert torch.count_nonzero(mod) == 0
+
+
+def test_padding_never_changes_valid_outputs():
+    cfg = tiny_config()
+    model = randomize(FiT(cfg)).eval()
+    items, batch = _inputs(cfg, [(3, 5), (6, 4), (2, 2)])
+    t, y = torch.rand(3), torch.tensor([1, 4, 10])
+    out = model(batch.x, t, y, batch.grid, batch.mask, batch.size)
+    for i, (tokens, h, w) in enumerate(items):
+        alone = pad_sequences([(tokens, h, w)])
+        single = model(alone.x, t[i : i + 1], y[i : i + 1], alone.grid, alone.mask, alone.size)
+        torch.testing.assert_close(out[i, : h * w], single[0], atol=1e-5, rtol=1e-5)
+        assert torch.count_nonzero(out[i, h * w :]) == 0
+    # and extra padding at the end changes nothing either
+    longer = pad_sequences(items, length=40)
+    out_long = model(longer.x, t, y, longer.grid, longer.mask, longer.size)
+    torch.testing.assert_close(out_long[:, : out.shape[1]], out, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_rows_equal_unpacked_images():
+    cfg = tiny_config()
+    model = randomize(FiT(cfg)).eval()
+    sizes = [(3, 5), (2, 4), (4, 4), (1, 3)]
+    items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in sizes]
+    t, y = torch.rand(4), torch.tensor([1, 2, 3, 10])
+    packed = pack_sequences(items, rows=[[0, 1], [2, 3]], length=24)
+    tp = torch.stack([t[[0, 1]], t[[2, 3]]])
+    yp = torch.stack([y[[0, 1]], y[[2, 3]]])
+    out = model(packed.x, tp, yp, packed.grid, packed.mask, packed.size, segment=packed.segment)
+    starts = {0: (0, 0), 1: (0, 15), 2: (1, 0), 3: (1, 16)}
+    for i, (tokens, h, w) in enumerate(items):
+        alone = pad_sequences([(tokens, h, w)])
+        ref = model(alone.x, t[i : i + 1], y[i : i + 1], alone.grid, alone.mask, alone.size)[0]
+        row, start = starts[i]
+        torch.testing.assert_close(out[row, start : start + h * w], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_patchify_roundtrip_and_channel_order():
+    img = torch.randn(2, 4, 6, 10)
+    tokens = patchify(img, 2)
+    assert tokens.shape == (2, 15, 16)
+    # token (i, j) channel (c, p1, p2) = latent[c, 2i + p1, 2j + p2]
+    i, j, c, p1, p2 = 1, 3, 2, 1, 0
+    assert tokens[0, i * 5 + j, c * 4 + p1 * 2 + p2] == img[0, c, 2 * i + p1, 2 * j + p2]
+    torch.testing.assert_close(unpatchify(tokens, 3, 5, 2), img)
+
+
+def test_grid_convention():
+    grid = make_grid(3, 4)
+    assert grid[0].tolist() == [0, 1, 2, 3] * 3
+    assert grid[1].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    cfg = tiny_config()
+    model = randomize(FiT(cfg)).train()
+    ckpt = randomize(FiT(cfg.replace(grad_checkpointing=True))).train()
+    ckpt.load_state_dict(model.state_dict())
+    model.y_embedder.dropout_prob = ckpt.y_embedder.dropout_prob = 0.0
+    _, batch = _inputs(cfg, [(3, 5), (4, 4)])
+    args = (batch.x, torch.rand(2), torch.tensor([1, 2]), batch.grid, batch.mask, batch.size)
+    model(*args).square().sum().backward()
+    ckpt(*args).square().sum().backward()
+    for (name, a), b in zip(model.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)

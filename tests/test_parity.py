@@ -1,0 +1,37 @@
+"""The reference implementation's recorded outputs, reproduced by this code."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import DATA
+
+from fitv2.parity import run_fixture
+
+FIXTURE = DATA / "official_parity"
+
+
+def test_all_public_parity_cases_pass():
+    lines = []
+    passed, failed = run_fixture(FIXTURE, echo=lines.append)
+    assert failed == 0, "\n".join(lines)
+    assert passed == len(json.loads((FIXTURE / "manifest.json").read_text())["cases"]) == 21
+
+
+def test_runner_reports_failures_and_exit_status(tmp_path):
+    broken = tmp_path / "fixture"
+    shutil.copytree(FIXTURE, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    # Tighten one tolerance below the float32 noise of the ODE case and break another case's key.
+    ode = next(c for c in manifest["cases"] if c["name"] == "v2_ode_euler")
+    ode["tolerance"]["samples"] = {"atol": 0.0, "rtol": 0.0}
+    normal = next(c for c in manifest["cases"] if c["name"] == "v2_normal")
+    normal["constructor_overrides"]["custom_freqs"] = "no-such-method"
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    proc = subprocess.run([sys.executable, "-m", "fitv2.parity", str(broken), "-k", "v2_"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.endswith("2 failed"), proc.stdout
+    assert "FAIL v2_normal" in proc.stdout and "FAIL v2_ode_euler " in proc.stdout
