@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,16 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
-    """Strictly load ``state`` into ``model`` (cast to the parameters' dtype)."""
+def load_weights(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint",
+                 ignore: Callable[[str], bool] | None = None) -> None:
+    """Strictly load ``state`` into ``model`` (cast to the parameters' dtype).
+
+    ``ignore(key)`` marks keys left out of the check on both sides (e.g. BatchNorm counters).
+    """
     expected = model.state_dict()
+    if ignore is not None:
+        expected = {k: v for k, v in expected.items() if not ignore(k)}
+        state = {k: v for k, v in state.items() if not ignore(k)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -114,7 +122,7 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str = "chec
             lines.append(f"  wrong shapes ({len(wrong)}): {_listing(wrong, 6)}")
         lines.append("  (is the preset or config right for these weights?)")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=ignore is None)
 
 
 def save_model_dir(directory: str | Path, model: FiT, ema: nn.Module | None = None,
