@@ -1,0 +1,177 @@
+"""Token dataset reader and the batch loader (pad or pack), deterministic and resumable.
+
+Modes (what each image contributes to a batch):
+  ``mixed``     FiTv2: the resize variant, or with probability ½ the centre crop when both
+                sides exceed the budget side (paper Algorithm 1);
+  ``flexible``  FiT v1: the resize variant only;
+  ``fixed``     DiT/SiT baseline: the square centre crop only (every image, no padding).
+Every example is flipped horizontally with probability ½.
+
+The order of an epoch is a permutation drawn from (seed, epoch); the random choices of a
+batch from (seed, epoch, batch index). The loader's state is therefore just (epoch, batch),
+and resuming from it replays exactly the same batches. With several ranks the global
+batch is the same as in one process; rank r takes every world-size-th example of it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from ..tokens import TokenBatch, first_fit_rows, pack_sequences, pad_sequences
+
+MODES = ("mixed", "flexible", "fixed")
+
+
+class TokenDataset:
+    """A folder written by ``fitv2 prepare``: one group per source image, 1–2 variants each."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        index = self.root / "index.json"
+        if not index.is_file():
+            raise FileNotFoundError(f"{self.root} is not a token dataset (no index.json); run `fitv2 prepare` first")
+        self.meta = json.loads(index.read_text())
+        self.items = [json.loads(line) for line in (self.root / "items.jsonl").read_text().splitlines() if line]
+        groups: dict[int, dict[str, int]] = {}
+        for i, item in enumerate(self.items):
+            groups.setdefault(item["group"], {})[item["variant"]] = i
+        self.groups = [groups[g] for g in sorted(groups)]
+        self._handles: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def patch_size(self) -> int:
+        return self.meta["patch_size"]
+
+    @property
+    def token_dim(self) -> int:
+        return self.meta["token_dim"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["class_names"]
+
+    def features(self, item: int, flip: bool = False) -> Tensor:
+        """Tokens (h·w, D) float32 of a stored sequence (or of its mirror image)."""
+        rec = self.items[item]
+        shard = rec["shard"]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.root / self.meta["shards"][shard]), framework="pt")
+        n = rec["h"] * rec["w"]
+        rows = self._handles[shard].get_slice("features")[rec["offset"] : rec["offset"] + n]
+        return rows[:, int(flip)].float()
+
+    def variant(self, group: int, mode: str, coin: bool) -> int:
+        """Item index used for ``group`` in ``mode``; ``coin`` picks the crop in mixed mode."""
+        g = self.groups[group]
+        if mode == "fixed":
+            return g["crop"] if "crop" in g else g["resize"]
+        if mode == "mixed" and coin and "crop" in g and self.items[g["crop"]]["eligible"]:
+            return g["crop"]
+        return g["resize"]
+
+    def length(self, group: int, mode: str) -> int:
+        """Token count of the group's (typical) example in a mode, for bucketing."""
+        rec = self.items[self.variant(group, mode, coin=False)]
+        return rec["h"] * rec["w"]
+
+    def labels(self) -> list[int]:
+        return [self.items[g["resize"]]["label"] for g in self.groups]
+
+
+@dataclass
+class Batch:
+    tokens: TokenBatch
+    labels: Tensor  # (B,) or (B, n) for packed rows
+    images: int  # real images in this rank's batch
+
+
+class TokenLoader:
+    """Infinite iterator of batches; ``state_dict`` / ``load_state_dict`` for exact resume."""
+
+    def __init__(self, dataset: TokenDataset, batch_size: int, mode: str = "mixed", seed: int = 0,
+                 rank: int = 0, world_size: int = 1, bucket: int = 0, pack: int | None = None):
+        if mode not in MODES:
+            raise ValueError(f"unknown data mode {mode!r}; choose one of {MODES}")
+        if batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} is not divisible by {world_size} ranks")
+        if batch_size > len(dataset):
+            raise ValueError(f"batch size {batch_size} exceeds the dataset's {len(dataset)} images")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.mode = mode
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.bucket = bucket
+        self.pack = pack
+        self.epoch = 0
+        self.batch_index = 0
+        self._order: list[list[int]] | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.dataset) // self.batch_size
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_index": self.batch_index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
+        self._order = None
+
+    def _epoch_batches(self) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        n = self.batches_per_epoch * self.batch_size
+        perm = perm[:n]
+        if self.bucket > 1:  # sort chunks by length so batches pad less, then shuffle batch order
+            chunk = self.bucket * self.batch_size
+            perm = [i for s in range(0, n, chunk)
+                    for i in sorted(perm[s : s + chunk], key=lambda j: self.dataset.length(j, self.mode))]
+        batches = [perm[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
+        if self.bucket > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        if self._order is None:
+            self._order = self._epoch_batches()
+        if self.batch_index >= len(self._order):
+            self.epoch, self.batch_index = self.epoch + 1, 0
+            self._order = self._epoch_batches()
+        groups = self._order[self.batch_index]
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + self.batch_index)
+        coins = torch.rand(len(groups), 2, generator=g) < 0.5  # (crop?, flip?) per example
+        self.batch_index += 1
+        mine = range(self.rank, len(groups), self.world_size)
+        items, labels = [], []
+        for i in mine:
+            item = self.dataset.variant(groups[i], self.mode, bool(coins[i, 0]))
+            rec = self.dataset.items[item]
+            items.append((self.dataset.features(item, bool(coins[i, 1])), rec["h"], rec["w"]))
+            labels.append(rec["label"])
+        labels_t = torch.tensor(labels)
+        if self.pack is None:
+            return Batch(pad_sequences(items), labels_t, len(items))
+        rows = first_fit_rows([h * w for _, h, w in items], self.pack)
+        packed = pack_sequences(items, rows, length=self.pack)
+        row_labels = torch.zeros(len(rows), packed.size.shape[1], dtype=torch.long)
+        for r, row in enumerate(rows):
+            row_labels[r, : len(row)] = labels_t[row]
+        return Batch(packed, row_labels, len(items))

@@ -1,0 +1,139 @@
+"""``fitv2 demo``: prepare the embedded clipart data, train a small FiTv2 in pixel space on the
+CPU within a time budget, and sample every class at several sizes and aspect ratios.
+
+Writes OUT/report.md, OUT/samples.png (rows = sizes, columns = classes),
+OUT/samples_square.png (several samples per class), OUT/loss.png, the checkpoint and the
+token dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.prepare import prepare
+from .generate import Sampler, write_samples
+from .model.rope import rope_scaling
+from .plot import image_grid, loss_curve
+from .sampling import Guidance, SolverConfig
+from .train import TrainConfig, train
+
+EMBEDDED = Path(__file__).resolve().parents[2] / "data" / "clipart"
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"
+    data: str = str(EMBEDDED)
+    minutes: float = 8.0
+    preset: str = "FiTv2-Tiny/4"
+    budget: int = 32
+    batch_size: int = 64
+    lr: float = 1e-3
+    cfg_scale: float = 3.0
+    steps: int = 40
+    seed: int = 0
+
+
+# (height, width, RoPE extrapolation, what it shows) at a 32-pixel budget side (8×8 = 64 tokens).
+SIZES = [
+    (32, 32, "none", "square, 64 tokens"),
+    (20, 40, "none", "1:2, 50 tokens"),
+    (40, 20, "none", "2:1, 50 tokens"),
+    (16, 48, "none", "1:3, 48 tokens"),
+    (48, 48, "vision-ntk+attn-scale", "beyond the budget: 144 tokens (2.25x), VisionNTK + attention scale"),
+]
+
+
+def demo_sizes(budget: int) -> list[tuple[int, int, str, str]]:
+    """The demo sizes scaled to another budget side (multiples of 4 pixels)."""
+    if budget == 32:
+        return SIZES
+    scale = budget / 32
+    return [(max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4), rope, note)
+            for h, w, rope, note in SIZES]
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = Path(cfg.data) / "metadata.jsonl"
+    if not metadata.is_file():
+        raise FileNotFoundError(f"embedded dataset not found at {metadata}")
+    timings = {}
+
+    t0 = time.perf_counter()
+    tokens = out / "tokens"
+    if not (tokens / "index.json").is_file():
+        report = prepare(metadata, tokens, patch_size=4, budget=cfg.budget, split="train")
+        print(f"prepared {report.images} images ({report.tokens:,} tokens), skipped {sum(report.skipped.values())}")
+    timings["prepare"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = train(TrainConfig(
+        data=str(tokens), out=str(out / "run"), preset=cfg.preset, batch_size=cfg.batch_size, lr=cfg.lr,
+        warmup_steps=100, ema_decay=0.999, ema_warmup=True, steps=1_000_000, max_minutes=cfg.minutes,
+        ckpt_every=1000, log_every=10, seed=cfg.seed, bucket=4, resume="latest"))
+    timings["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sampler = Sampler.load(result.checkpoint)
+    k = sampler.model.config.num_classes
+    labels = torch.arange(k)
+    solver = SolverConfig("euler", steps=cfg.steps)
+    guidance = Guidance(scale=cfg.cfg_scale)
+    results = {}
+    for height, width, rope, _ in demo_sizes(cfg.budget):
+        results[(height, width)] = sampler.generate(height, width, labels, solver, guidance, rope_scaling(rope),
+                                                    seed=cfg.seed, progress=False)
+    write_samples(out / "samples", results, labels, sampler.class_names, grid_columns=k)
+    grid = image_grid([list(im) for im in results.values()],
+                      [f"{h}x{w}" for h, w in results], sampler.class_names, min_cell=48,
+                      title="one sample per class (columns) at each size (rows)")
+    grid.save(out / "samples.png")
+    per_class = 6
+    many = sampler.generate(cfg.budget, cfg.budget, torch.arange(k).repeat_interleave(per_class), solver, guidance,
+                            seed=cfg.seed + 1, progress=False)
+    rows = [list(many[c * per_class : (c + 1) * per_class]) for c in range(k)]
+    image_grid(rows, sampler.class_names, min_cell=48,
+               title=f"{per_class} samples per class at {cfg.budget}x{cfg.budget}").save(out / "samples_square.png")
+    timings["sample"] = time.perf_counter() - t0
+
+    log = [json.loads(line) for line in (out / "run" / "log.jsonl").open()]
+    loss_curve([r["step"] for r in log], [r["loss"] for r in log], title="demo training loss").save(out / "loss.png")
+    _report(out, cfg, result, timings, log, sampler)
+    return out
+
+
+def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: list[dict], sampler) -> None:
+    last = log[-1]
+    first = np.mean([r["loss"] for r in log[:5]])
+    final = np.mean([r["loss"] for r in log[-20:]])
+    params = sum(p.numel() for p in sampler.model.parameters())
+    lines = [
+        "# fitv2 demo report", "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}.", "",
+        f"Model: {cfg.preset} in pixel space (patch 4, {params / 1e6:.2f}M parameters), "
+        f"{sampler.model.config.num_classes} classes, token budget {cfg.budget}x{cfg.budget} px "
+        f"= {(cfg.budget // 4) ** 2} tokens; mixed data, logit-normal time, batch {cfg.batch_size}, lr {cfg.lr}.", "",
+        "| stage | wall time |", "|---|---|",
+        *[f"| {k} | {v / 60:.1f} min ({v:.0f} s) |" for k, v in timings.items()],
+        f"| total | {sum(timings.values()) / 60:.1f} min |", "",
+        f"Training: {result.step} steps, {last['images']:,.0f} images, {last['tokens']:,.0f} tokens, "
+        f"{result.tokens_per_s:,.0f} valid tokens/s on average, padding {last['padding']:.1%} of computed tokens.",
+        f"Loss: {first:.4f} (first 5 logs) -> {final:.4f} (mean of the last 20 logs).", "",
+        f"Sampling: Euler, {cfg.steps} steps, classifier-free guidance {cfg.cfg_scale}.", "",
+        "| size (px) | tokens | RoPE | note |", "|---|---|---|---|",
+        *[f"| {h}x{w} | {(h // 4) * (w // 4)} | {rope} | {note} |" for h, w, rope, note in demo_sizes(cfg.budget)], "",
+        "![samples](samples.png)", "", "![samples per class](samples_square.png)", "", "![loss](loss.png)", "",
+        f"Checkpoint: `{result.checkpoint}`. Sample more with "
+        f"`fitv2 sample {result.checkpoint} --sizes 32x32,24x48 --per-class 2 --cfg-scale {cfg.cfg_scale}`.",
+    ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")

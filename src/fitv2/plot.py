@@ -1,0 +1,110 @@
+"""Pictures without a plotting dependency: labelled image grids and loss curves (PIL only)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+
+
+def _font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of a uint8 (H, W, 3) image (tiny samples stay crisp)."""
+    return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] | None = None,
+               col_labels: Sequence[str] | None = None, pad: int = 4, min_cell: int = 96,
+               title: str | None = None) -> Image.Image:
+    """Rows of uint8 (H, W, 3) images; images in a row share a size, rows may differ.
+
+    Small images are enlarged by an integer factor so the shorter side is at least
+    ``min_cell`` pixels; each row is labelled on the left, columns on top.
+    """
+    font = _font(12)
+    scaled = []
+    for row in rows:
+        h, w = row[0].shape[:2]
+        factor = max(1, math.ceil(min_cell / min(h, w)))
+        scaled.append([upscale(im, factor) for im in row])
+    label_w = 0
+    if row_labels:
+        label_w = max(int(font.getlength(s)) for s in row_labels) + 2 * pad
+    top = 18 if col_labels else 0
+    top += 22 if title else 0
+    width = label_w + max(sum(im.shape[1] + pad for im in row) for row in scaled) + pad
+    height = top + sum(row[0].shape[0] + pad for row in scaled) + pad
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill=INK, font=_font(14))
+    y = top + pad
+    for r, row in enumerate(scaled):
+        x = label_w + pad
+        if row_labels:
+            draw.text((pad, y + row[0].shape[0] // 2 - 6), row_labels[r], fill=INK, font=font)
+        for c, im in enumerate(row):
+            if r == 0 and col_labels and c < len(col_labels):
+                draw.text((x, top - 16), col_labels[c][: max(3, im.shape[1] // 7)], fill=INK, font=font)
+            canvas.paste(Image.fromarray(im), (x, y))
+            x += im.shape[1] + pad
+        y += row[0].shape[0] + pad
+    return canvas
+
+
+def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    out, acc = np.empty_like(values), values[0]
+    for i, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc
+    return out
+
+
+def loss_curve(steps: Sequence[float], losses: Sequence[float], title: str = "training loss",
+               size: tuple[int, int] = (640, 360), smoothing: float = 0.9) -> Image.Image:
+    """A line plot of loss against step: raw values light, an exponential moving average dark."""
+    steps_a, loss_a = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+    W, H = size
+    left, right, top, bottom = 60, 20, 30, 40
+    canvas = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    draw.text((left, 8), title, fill=INK, font=_font(14))
+    if len(steps_a) == 0:
+        draw.text((left, H // 2), "no data", fill=INK, font=font)
+        return canvas
+    x0, x1 = float(steps_a.min()), float(max(steps_a.max(), steps_a.min() + 1))
+    y1 = float(np.percentile(loss_a, 99)) * 1.05
+    y0 = min(0.0, float(loss_a.min()))
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        fx = (x - x0) / (x1 - x0)
+        fy = (min(y, y1) - y0) / max(y1 - y0, 1e-12)
+        return left + fx * (W - left - right), H - bottom - fy * (H - top - bottom)
+
+    draw.rectangle([left, top, W - right, H - bottom], outline=INK)
+    for k in range(5):
+        yv = y0 + (y1 - y0) * k / 4
+        _, yp = px(x0, yv)
+        draw.line([left - 4, yp, left, yp], fill=INK)
+        draw.text((4, yp - 7), f"{yv:.3g}", fill=INK, font=font)
+        xv = x0 + (x1 - x0) * k / 4
+        xp, _ = px(xv, y0)
+        draw.line([xp, H - bottom, xp, H - bottom + 4], fill=INK)
+        draw.text((xp - 12, H - bottom + 6), f"{xv:.0f}", fill=INK, font=font)
+    draw.text((W // 2 - 15, H - 16), "step", fill=INK, font=font)
+    if len(steps_a) > 1:
+        draw.line([px(x, y) for x, y in zip(steps_a, loss_a)], fill=(170, 190, 230), width=1)
+        draw.line([px(x, y) for x, y in zip(steps_a, _smooth(loss_a, smoothing))], fill=(20, 60, 160), width=2)
+    return canvas

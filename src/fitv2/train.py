@@ -1,0 +1,314 @@
+"""The training loop: one function that takes the resolved config.
+
+AdamW with linear warmup, gradient clipping, EMA, label dropout (in the model), optional
+bf16 autocast. Progress is counted in images and tokens. Checkpoints hold model, EMA,
+optimizer, scheduler, step, data position and every random state, are written to a
+temporary folder and renamed, and ``resume="latest"`` continues bit for bit.
+Multi-process training (torchrun) is handled by :mod:`fitv2.distributed`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed as dist
+from .checkpoint import CheckpointError, load_weights, read_state_dict, save_json, save_model_dir
+from .config import ModelConfig, model_config
+from .data.dataset import TokenDataset, TokenLoader
+from .flow import TimeSampler, flow_loss
+from .model.fit import FiT
+from .model.rope import rope_scaling
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; saved in every checkpoint's config.json."""
+
+    data: str = ""
+    """Token dataset folder written by `fitv2 prepare`."""
+    out: str = "runs/train"
+    """Run folder: checkpoints/, log.jsonl, loss.png."""
+    preset: str = "FiTv2-Tiny/4"
+    """Model preset; num_classes, patch size and channels are taken from the dataset."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig field overrides, e.g. {"depth": 4}."""
+    data_mode: str = "mixed"
+    """'mixed' (FiTv2), 'flexible' (FiT v1) or 'fixed' (square crops, DiT/SiT)."""
+    time_sampling: str = "logit-normal"
+    """'logit-normal' (FiTv2) or 'uniform'."""
+    time_mean: float = 0.0
+    time_std: float = 1.0
+    batch_size: int = 32
+    """Global batch (images), split across ranks."""
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    """Linear warmup from lr·1e-4 (the reference's constant_with_warmup)."""
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = False
+    """Use decay min(ema_decay, (1+step)/(10+step)) so short runs get a useful EMA."""
+    steps: int = 1000
+    max_minutes: float | None = None
+    """Stop (and checkpoint) when this much wall time has passed."""
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    precision: str = "fp32"
+    """'fp32' or 'bf16' (autocast for matmuls; parameters, norms, RoPE and loss stay fp32)."""
+    seed: int = 0
+    bucket: int = 0
+    """Sort chunks of bucket × batch examples by length to reduce padding (0 = off)."""
+    pack: int | None = None
+    """Pack examples into rows of this many tokens instead of padding."""
+    rope: str = "none"
+    """RoPE extrapolation during training, per image (e.g. 'vision-ntk' for high-resolution tuning)."""
+    device: str = "auto"
+    compile: bool = False
+    grad_checkpointing: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+    resume: str | None = None
+    """'latest' or a checkpoint folder to continue from."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if "betas" in data:
+            data["betas"] = tuple(data["betas"])
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float
+    tokens_per_s: float
+    seconds: float
+    checkpoint: Path | None
+
+
+def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig:
+    overrides = {"num_classes": dataset.num_classes, "patch_size": dataset.patch_size,
+                 "in_channels": dataset.meta["channels"], **cfg.model}
+    if cfg.grad_checkpointing:
+        overrides["grad_checkpointing"] = True
+    model_cfg = model_config(cfg.preset, **overrides)
+    if model_cfg.learn_sigma:
+        raise ValueError(f"{cfg.preset} predicts a learned variance (FiT v1 DDPM); train it with rectified flow "
+                         "by overriding learn_sigma=false (Table II Config A)")
+    if model_cfg.token_dim != dataset.token_dim:
+        raise ValueError(f"model tokens hold {model_cfg.token_dim} values but the dataset's hold {dataset.token_dim}")
+    if "rope_train_len" not in cfg.model:  # RoPE extrapolates from the side the model is trained at
+        model_cfg = model_cfg.replace(rope_train_len=math.isqrt(dataset.meta["max_tokens"]))
+    return model_cfg
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step_{step:07d}"
+
+
+def find_resume(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        pointer = Path(cfg.out) / "checkpoints" / "latest"
+        if not pointer.is_file():
+            return None  # nothing to resume: start fresh
+        return Path(cfg.out) / "checkpoints" / pointer.read_text().strip()
+    path = Path(cfg.resume)
+    if not (path / "train_state.pt").is_file():
+        raise CheckpointError(f"{path} is not a training checkpoint (no train_state.pt)")
+    return path
+
+
+def lr_lambda(warmup: int):
+    def factor(step: int) -> float:
+        if warmup <= 0 or step >= warmup:
+            return 1.0
+        return 1e-4 + (1 - 1e-4) * step / warmup
+
+    return factor
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().float(), 1 - decay)
+
+
+def _save(out: Path, step: int, model: FiT, ema: FiT, optimizer, scheduler, loader: TokenLoader,
+          generator: torch.Generator, cfg: TrainConfig, dataset: TokenDataset, totals: dict[str, float]) -> Path:
+    final = checkpoint_dir(out, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    extra = {"train": cfg.to_dict(), "dataset": {k: dataset.meta[k] for k in (
+        "autoencoder", "patch_size", "channels", "downsample", "budget", "max_tokens", "num_classes", "class_names")},
+        "step": step}
+    save_model_dir(tmp, model, ema, extra)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "loader": loader.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "totals": totals}, tmp / "train_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    pointer = out / "checkpoints" / "latest"
+    pointer.with_suffix(".tmp").write_text(final.name)
+    pointer.with_suffix(".tmp").replace(pointer)
+    kept = sorted(p for p in (out / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
+    for old in kept[: max(0, len(kept) - cfg.keep_checkpoints)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _truncate_log(log_path: Path, step: int) -> None:
+    if not log_path.is_file():
+        return
+    rows = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    log_path.write_text("".join(r + "\n" for r in rows))
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or continue) a training run; returns the final step, loss and throughput."""
+    env = dist.setup(cfg.device)
+    device = env.device
+    out = Path(cfg.out)
+    dataset = TokenDataset(cfg.data)
+    model_cfg = resolve_model_config(cfg, dataset)
+    torch.manual_seed(cfg.seed)
+    model = FiT(model_cfg).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps))
+    loader = TokenLoader(dataset, cfg.batch_size, cfg.data_mode, cfg.seed, env.rank, env.world_size,
+                         cfg.bucket, cfg.pack)
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + env.rank)
+    time_sampler = TimeSampler(cfg.time_sampling, cfg.time_mean, cfg.time_std)
+    rope = rope_scaling(cfg.rope).with_(per_sample=True)
+    totals = {"images": 0.0, "tokens": 0.0, "padded_tokens": 0.0, "seconds": 0.0}
+    step = 0
+
+    resume = find_resume(cfg)
+    if resume is not None:
+        load_weights(model, read_state_dict(resume / "model.safetensors"), source=str(resume))
+        load_weights(ema, read_state_dict(resume / "ema.safetensors"), source=str(resume))
+        state = torch.load(resume / "train_state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        loader.load_state_dict(state["loader"])
+        if env.world_size == 1:
+            generator.set_state(state["generator"])
+        else:  # per-rank noise cannot carry over between rank counts; reseed deterministically
+            generator.manual_seed(cfg.seed * 7919 + env.rank + int(state["step"]) * 1_000_003)
+        torch.set_rng_state(state["torch_rng"])
+        totals = dict(state["totals"])
+        step = int(state["step"])
+        if env.is_main:
+            _truncate_log(out / "log.jsonl", step)
+
+    train_model = dist.wrap(model, env, cfg)
+    forward = torch.compile(train_model) if cfg.compile else train_model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, out / "config.json")
+    writer = _tensorboard(out) if cfg.tensorboard and env.is_main else None
+    log = open(out / "log.jsonl", "a") if env.is_main else None
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and env.is_main))
+    start = time.perf_counter() - totals["seconds"]
+    window = {"tokens": 0, "time": time.perf_counter(), "loss": 0.0, "n": 0}
+    loss_value, checkpoint = float("nan"), None
+    model.train()
+    while step < cfg.steps:
+        batch = next(loader)
+        tokens = batch.tokens.to(device)
+        labels = batch.labels.to(device)
+        with autocast:
+            result = flow_loss(forward, tokens.x, labels, tokens.grid, tokens.mask, tokens.size, tokens.segment,
+                               time_sampler=time_sampler, generator=generator, rope=rope)
+        loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+        update_ema(ema, model, decay)
+        step += 1
+
+        valid = dist.all_sum(env, float(tokens.mask.sum()))
+        computed = dist.all_sum(env, float(tokens.mask.numel()))
+        loss_value = dist.all_mean(env, float(result.loss.detach()))
+        totals["images"] += cfg.batch_size
+        totals["tokens"] += valid
+        totals["padded_tokens"] += computed - valid
+        window["tokens"] += valid
+        window["loss"] += loss_value
+        window["n"] += 1
+        totals["seconds"] = time.perf_counter() - start
+        if env.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            now = time.perf_counter()
+            tps = window["tokens"] / max(now - window["time"], 1e-9)
+            row = {"step": step, "loss": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm), "tokens_per_s": tps, "images": totals["images"],
+                   "tokens": totals["tokens"], "padding": totals["padded_tokens"] / max(totals["tokens"] + totals[
+                       "padded_tokens"], 1), "seconds": totals["seconds"]}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if writer is not None:
+                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                    writer.add_scalar(f"train/{k}", row[k], step)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", tok_s=f"{tps:,.0f}")
+            window = {"tokens": 0, "time": now, "loss": 0.0, "n": 0}
+        bar.update(1)
+        out_of_time = cfg.max_minutes is not None and totals["seconds"] > cfg.max_minutes * 60
+        out_of_time = dist.any_true(env, out_of_time)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+            if env.is_main:
+                checkpoint = _save(out, step, model, ema, optimizer, scheduler, loader, generator, cfg, dataset,
+                                   totals)
+            dist.barrier(env)
+        if out_of_time:
+            break
+    bar.close()
+    if log is not None:
+        log.close()
+        write_loss_plot(out)
+    if writer is not None:
+        writer.close()
+    seconds = totals["seconds"]
+    return TrainResult(step, loss_value, totals["tokens"] / max(seconds, 1e-9), seconds, checkpoint)
+
+
+def write_loss_plot(out: Path) -> None:
+    from .plot import loss_curve
+
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
+    loss_curve([r["step"] for r in rows], [r["loss"] for r in rows]).save(out / "loss.png")
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'fitv2[tensorboard]'") from err
+    return SummaryWriter(str(out / "tensorboard"))

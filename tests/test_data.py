@@ -1,0 +1,120 @@
+"""prepare -> token dataset -> loader, on generated folders with odd and broken files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from imagegen import add_odd_files, make_class_folder
+from PIL import Image
+
+from fitv2.data.dataset import TokenDataset, TokenLoader
+from fitv2.data.prepare import SkipImage, center_crop, load_rgb, prepare, resize_to_budget
+from fitv2.tokens import unpatchify
+
+
+@pytest.fixture(scope="module")
+def odd_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("odd")
+    images = make_class_folder(root / "images", classes=2, per_class=4)
+    expected = add_odd_files(images / "class_0")
+    report = prepare(images, root / "tokens", patch_size=4, budget=32, workers=1, progress=False)
+    return root, report, expected
+
+
+def test_odd_files_are_kept_or_skipped_by_reason(odd_dataset):
+    root, report, expected = odd_dataset
+    kept = sum(v == "kept" for v in expected.values())
+    assert report.images == 8 + kept
+    assert report.skipped == {"unreadable or truncated": 1, "not an image": 1, "degenerate size": 1,
+                              "aspect ratio too extreme for the budget": 1}
+    index = json.loads((root / "tokens" / "index.json").read_text())
+    assert index["skipped"] == dict(report.skipped)
+    assert index["class_names"] == ["class_0", "class_1"] and index["max_tokens"] == 64
+    sources = {json.loads(line)["source"].split("/")[-1] for line in (root / "tokens" / "items.jsonl").open()}
+    assert {name for name, outcome in expected.items() if outcome == "kept"} <= sources
+
+
+def test_image_modes_load_as_rgb_with_exif_rotation(odd_dataset):
+    root = odd_dataset[0] / "images" / "class_0"
+    for name in ("rgba.png", "palette.png", "gray.png", "gray16.png"):
+        img = load_rgb(root / name)
+        assert img.mode == "RGB" and img.size == (40, 30)
+    assert load_rgb(root / "rotated.jpg").size == (30, 40)
+    # 16-bit grey keeps its contrast (not clipped to white)
+    assert np.asarray(load_rgb(root / "gray16.png")).min() < 100
+
+
+def test_resize_rule_and_crop():
+    img = Image.new("RGB", (640, 480))
+    out = resize_to_budget(img, 256, 16)  # area 256² keeping 4:3, floored to /16
+    assert out.size == (288, 208)
+    assert resize_to_budget(Image.new("RGB", (100, 60)), 256, 16).size == (96, 48)  # never up-sampled
+    assert center_crop(img, 256).size == (256, 256)
+    assert resize_to_budget(Image.new("RGB", (3, 40)), 32, 4).size == (4, 52)  # narrow side widened to the unit
+    with pytest.raises(SkipImage, match="aspect ratio"):
+        resize_to_budget(Image.new("RGB", (5, 3000)), 32, 4)
+
+
+def test_stored_tokens_decode_to_the_resized_image(odd_dataset):
+    root = odd_dataset[0]
+    ds = TokenDataset(root / "tokens")
+    item = next(i for i, it in enumerate(ds.items) if it["source"].endswith("rgba.png") and it["variant"] == "resize")
+    rec = ds.items[item]
+    img = unpatchify(ds.features(item)[None], rec["h"], rec["w"], 4)[0]
+    expected = np.asarray(resize_to_budget(load_rgb(rec["source"]), 32, 4)).astype(np.float32) / 127.5 - 1
+    torch.testing.assert_close(img.permute(1, 2, 0), torch.from_numpy(expected), atol=4e-3, rtol=0)
+    flipped = unpatchify(ds.features(item, flip=True)[None], rec["h"], rec["w"], 4)[0]
+    torch.testing.assert_close(flipped, img.flip(-1))
+
+
+@pytest.mark.parametrize("mode", ["mixed", "flexible", "fixed"])
+def test_loader_modes_and_padding(odd_dataset, mode):
+    ds = TokenDataset(odd_dataset[0] / "tokens")
+    loader = TokenLoader(ds, batch_size=4, mode=mode, seed=0)
+    seen = set()
+    for _ in range(2 * loader.batches_per_epoch):
+        batch = next(loader)
+        lengths = batch.tokens.mask.sum(1)
+        assert batch.tokens.x.shape[1] == int(lengths.max())  # padded to the longest
+        if mode == "fixed":
+            assert (lengths == 64).all()
+        for h, w in batch.tokens.size[:, 0].tolist():
+            seen.add((h, w))
+    assert seen
+
+
+def test_variant_choice_per_mode(odd_dataset):
+    ds = TokenDataset(odd_dataset[0] / "tokens")
+    eligible = next(g for g, v in enumerate(ds.groups) if ds.items[v["crop"]]["eligible"])
+    small = next(g for g, v in enumerate(ds.groups) if not ds.items[v["crop"]]["eligible"])
+    crop, resize = ds.groups[eligible]["crop"], ds.groups[eligible]["resize"]
+    assert ds.variant(eligible, "mixed", coin=True) == crop and ds.variant(eligible, "mixed", coin=False) == resize
+    assert ds.variant(eligible, "flexible", coin=True) == resize
+    assert ds.variant(eligible, "fixed", coin=False) == crop
+    # images not larger than the budget side are never cropped in mixed mode, always in fixed mode
+    assert ds.variant(small, "mixed", coin=True) == ds.groups[small]["resize"]
+    assert ds.variant(small, "fixed", coin=False) == ds.groups[small]["crop"]
+
+
+def test_loader_resume_replays_the_same_batches(odd_dataset):
+    ds = TokenDataset(odd_dataset[0] / "tokens")
+    a = TokenLoader(ds, batch_size=3, seed=5, bucket=2)
+    for _ in range(4):
+        next(a)
+    state = a.state_dict()
+    expected = [next(a) for _ in range(5)]
+    b = TokenLoader(ds, batch_size=3, seed=5, bucket=2)
+    b.load_state_dict(state)
+    for e in expected:
+        got = next(b)
+        torch.testing.assert_close(got.tokens.x, e.tokens.x)
+        assert torch.equal(got.labels, e.labels)
+
+
+def test_ranks_split_the_global_batch(odd_dataset):
+    ds = TokenDataset(odd_dataset[0] / "tokens")
+    whole = next(TokenLoader(ds, batch_size=4, seed=1))
+    parts = [next(TokenLoader(ds, batch_size=4, seed=1, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(whole.labels.tolist()) == sorted(parts[0].labels.tolist() + parts[1].labels.tolist())
+    assert whole.labels[0::2].tolist() == parts[0].labels.tolist()
