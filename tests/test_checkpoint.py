@@ -50,7 +50,7 @@ def test_bare_file_with_preset_and_folder_roundtrip(tmp_path):
     cfg = tiny_config()
     model = randomize(FiT(cfg)).eval()
     ema = randomize(FiT(cfg)).eval()
-    save_model_dir(tmp_path / "ckpt", model, ema)
+    save_model_dir(tmp_path / "ckpt", cfg, model.state_dict(), ema.state_dict())
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert files == ["config.json", "ema.safetensors", "model.safetensors"]
     torch.testing.assert_close(_forward(load_model(tmp_path / "ckpt")), _forward(ema))
@@ -70,7 +70,7 @@ def test_pickles_are_read_weights_only(tmp_path):
             return (print, ("code ran",))
 
     with open(tmp_path / "evil.bin", "wb") as f:
-        pickle.dump({"x": Evil()}, f)
+        pickle.dump({"x": Evil()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="weights_only"):
         read_state_dict(tmp_path / "evil.bin")
 

@@ -6,9 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from imagegen import make_class_folder
+from PIL import Image
 
 from fitv2.cli import main
 

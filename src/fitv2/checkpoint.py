@@ -125,15 +125,15 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str = "chec
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=ignore is None)
 
 
-def save_model_dir(directory: str | Path, model: FiT, ema: nn.Module | None = None,
-                   extra: dict[str, Any] | None = None) -> Path:
+def save_model_dir(directory: str | Path, config: ModelConfig, weights: dict[str, Tensor],
+                   ema_weights: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write weights (and EMA weights) as safetensors plus the config as JSON."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_tensors(model.state_dict(), directory / "model.safetensors")
-    if ema is not None:
-        save_tensors(ema.state_dict(), directory / "ema.safetensors")
-    save_json({"model": model.config.to_dict(), **(extra or {})}, directory / "config.json")
+    save_tensors(weights, directory / "model.safetensors")
+    if ema_weights is not None:
+        save_tensors(ema_weights, directory / "ema.safetensors")
+    save_json({"model": config.to_dict(), **(extra or {})}, directory / "config.json")
     return directory
 
 

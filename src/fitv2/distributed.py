@@ -52,21 +52,57 @@ def setup(device: str = "auto") -> Env:
     return Env(rank, world, local_rank, dev)
 
 
+def _fully_shard(model: nn.Module) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:  # one unit per block: gathered just in time, freed after
+        fully_shard(block)
+    fully_shard(model)
+
+
 def wrap(model: nn.Module, env: Env, cfg) -> nn.Module:
-    """The module the training step calls: the model itself, DDP, or FSDP2-sharded."""
+    """The module the training step calls: the model itself, DDP, or FSDP2-sharded (in place)."""
     if not env.distributed:
         return model
     if getattr(cfg, "fsdp", False):
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
+        _fully_shard(model)
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [env.device.index] if env.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def shard_like(ema: nn.Module, env: Env, cfg) -> None:
+    """Shard the EMA copy exactly as the model, so the EMA update is shard-local."""
+    if env.distributed and getattr(cfg, "fsdp", False):
+        _fully_shard(ema)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Full, unsharded weights on the CPU (a collective for FSDP modules)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options())
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Full optimizer state keyed by parameter names, so it loads under any sharding."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options())
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 def loss_scale(env: Env, images: int, global_batch: int) -> float:

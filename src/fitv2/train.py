@@ -78,7 +78,11 @@ class TrainConfig:
     """RoPE extrapolation during training, per image (e.g. 'vision-ntk' for high-resolution tuning)."""
     device: str = "auto"
     compile: bool = False
+    """torch.compile the model for the training step."""
     grad_checkpointing: bool = False
+    """Activation checkpointing: recompute each block in the backward pass."""
+    fsdp: bool = False
+    """Under torchrun: shard parameters, gradients and optimizer state with FSDP2 (fully_shard)."""
     tensorboard: bool = False
     progress: bool = True
     resume: str | None = None
@@ -142,6 +146,37 @@ def find_resume(cfg: TrainConfig) -> Path | None:
     return path
 
 
+@dataclass
+class StepNoise:
+    x0: torch.Tensor  # (B, N, D) noise, zero at padding
+    t: torch.Tensor  # per image, like the labels
+    label_drop: torch.Tensor  # bool, like the labels
+
+
+def step_noise(seed: int, step: int, ids: torch.Tensor, size: torch.Tensor, token_dim: int, length: int,
+               time_sampler: TimeSampler, drop_prob: float) -> StepNoise:
+    """Noise, time and label dropout of every example, drawn from (seed, step, position in the
+    global batch) alone: the same numbers whatever the number of ranks, padding or packing,
+    and nothing to save for an exact resume."""
+    rows = ids.shape[0]
+    ids2, sizes = ids.reshape(rows, -1), size.reshape(rows, -1, 2)
+    x0 = torch.zeros(rows, length, token_dim)
+    t = torch.zeros(ids2.shape)
+    drop = torch.zeros(ids2.shape, dtype=torch.bool)
+    for r in range(rows):
+        start = 0
+        for slot in range(ids2.shape[1]):
+            if ids2[r, slot] < 0:
+                continue
+            g = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_033 + int(ids2[r, slot])) % 2**63)
+            t[r, slot] = time_sampler((1,), generator=g)[0]
+            drop[r, slot] = bool(torch.rand(1, generator=g)[0] < drop_prob)
+            n = int(sizes[r, slot].prod())
+            x0[r, start : start + n] = torch.randn(n, token_dim, generator=g)
+            start += n
+    return StepNoise(x0, t.reshape(ids.shape), drop.reshape(ids.shape))
+
+
 def lr_lambda(warmup: int):
     def factor(step: int) -> float:
         if warmup <= 0 or step >= warmup:
@@ -157,18 +192,22 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach().float(), 1 - decay)
 
 
-def _save(out: Path, step: int, model: FiT, ema: FiT, optimizer, scheduler, loader: TokenLoader,
-          generator: torch.Generator, cfg: TrainConfig, dataset: TokenDataset, totals: dict[str, float]) -> Path:
+def _save(env: dist.Env, out: Path, step: int, model: FiT, ema: FiT, optimizer, scheduler, loader: TokenLoader,
+          cfg: TrainConfig, dataset: TokenDataset, totals: dict[str, float]) -> Path:
+    """Gather full state on every rank (a collective under FSDP); rank 0 writes it once."""
+    weights, ema_weights = dist.model_state(model), dist.model_state(ema)
+    optim_state = dist.optimizer_state(model, optimizer)
     final = checkpoint_dir(out, step)
+    if not env.is_main:
+        return final
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     extra = {"train": cfg.to_dict(), "dataset": {k: dataset.meta[k] for k in (
         "autoencoder", "patch_size", "channels", "downsample", "budget", "max_tokens", "num_classes", "class_names")},
         "step": step}
-    save_model_dir(tmp, model, ema, extra)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "loader": loader.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "totals": totals}, tmp / "train_state.pt")
+    save_model_dir(tmp, model.config, weights, ema_weights, extra)
+    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
+                "loader": loader.state_dict(), "totals": totals}, tmp / "train_state.pt")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     pointer = out / "checkpoints" / "latest"
@@ -195,37 +234,35 @@ def train(cfg: TrainConfig) -> TrainResult:
     dataset = TokenDataset(cfg.data)
     model_cfg = resolve_model_config(cfg, dataset)
     torch.manual_seed(cfg.seed)
-    model = FiT(model_cfg).to(device)
+    model = FiT(model_cfg)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps))
     loader = TokenLoader(dataset, cfg.batch_size, cfg.data_mode, cfg.seed, env.rank, env.world_size,
                          cfg.bucket, cfg.pack)
-    generator = torch.Generator().manual_seed(cfg.seed * 7919 + env.rank)
     time_sampler = TimeSampler(cfg.time_sampling, cfg.time_mean, cfg.time_std)
     rope = rope_scaling(cfg.rope).with_(per_sample=True)
     totals = {"images": 0.0, "tokens": 0.0, "padded_tokens": 0.0, "seconds": 0.0}
-    step = 0
+    step, state = 0, None
 
     resume = find_resume(cfg)
-    if resume is not None:
+    if resume is not None:  # full weights go in before sharding; any number of ranks can resume
         load_weights(model, read_state_dict(resume / "model.safetensors"), source=str(resume))
         load_weights(ema, read_state_dict(resume / "ema.safetensors"), source=str(resume))
         state = torch.load(resume / "train_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         loader.load_state_dict(state["loader"])
-        if env.world_size == 1:
-            generator.set_state(state["generator"])
-        else:  # per-rank noise cannot carry over between rank counts; reseed deterministically
-            generator.manual_seed(cfg.seed * 7919 + env.rank + int(state["step"]) * 1_000_003)
-        torch.set_rng_state(state["torch_rng"])
         totals = dict(state["totals"])
         step = int(state["step"])
         if env.is_main:
             _truncate_log(out / "log.jsonl", step)
 
+    model, ema = model.to(device), ema.to(device)
     train_model = dist.wrap(model, env, cfg)
+    dist.shard_like(ema, env, cfg)
+    # After wrapping: FSDP replaces the parameters, so the optimizer must see the new ones.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps))
+    if state is not None:
+        dist.load_optimizer_state(model, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
     forward = torch.compile(train_model) if cfg.compile else train_model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     if env.is_main:
@@ -242,9 +279,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         batch = next(loader)
         tokens = batch.tokens.to(device)
         labels = batch.labels.to(device)
+        noise = step_noise(cfg.seed, step, batch.ids, batch.tokens.size, tokens.x.shape[-1], tokens.x.shape[1],
+                           time_sampler, model_cfg.class_dropout_prob)
         with autocast:
             result = flow_loss(forward, tokens.x, labels, tokens.grid, tokens.mask, tokens.size, tokens.segment,
-                               time_sampler=time_sampler, generator=generator, rope=rope)
+                               t=noise.t.to(device), x0=noise.x0.to(device), rope=rope,
+                               label_drop=noise.label_drop.to(device))
         loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -283,9 +323,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         out_of_time = cfg.max_minutes is not None and totals["seconds"] > cfg.max_minutes * 60
         out_of_time = dist.any_true(env, out_of_time)
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-            if env.is_main:
-                checkpoint = _save(out, step, model, ema, optimizer, scheduler, loader, generator, cfg, dataset,
-                                   totals)
+            checkpoint = _save(env, out, step, model, ema, optimizer, scheduler, loader, cfg, dataset, totals)
             dist.barrier(env)
         if out_of_time:
             break
@@ -296,6 +334,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if writer is not None:
         writer.close()
     seconds = totals["seconds"]
+    dist.cleanup(env)
     return TrainResult(step, loss_value, totals["tokens"] / max(seconds, 1e-9), seconds, checkpoint)
 
 

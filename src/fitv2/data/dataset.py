@@ -95,6 +95,7 @@ class TokenDataset:
 class Batch:
     tokens: TokenBatch
     labels: Tensor  # (B,) or (B, n) for packed rows
+    ids: Tensor  # position of each example in the global batch, shaped like labels (−1 = empty slot)
     images: int  # real images in this rank's batch
 
 
@@ -159,19 +160,21 @@ class TokenLoader:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + self.batch_index)
         coins = torch.rand(len(groups), 2, generator=g) < 0.5  # (crop?, flip?) per example
         self.batch_index += 1
-        mine = range(self.rank, len(groups), self.world_size)
+        mine = list(range(self.rank, len(groups), self.world_size))
         items, labels = [], []
         for i in mine:
             item = self.dataset.variant(groups[i], self.mode, bool(coins[i, 0]))
             rec = self.dataset.items[item]
             items.append((self.dataset.features(item, bool(coins[i, 1])), rec["h"], rec["w"]))
             labels.append(rec["label"])
-        labels_t = torch.tensor(labels)
+        labels_t, ids_t = torch.tensor(labels), torch.tensor(mine)
         if self.pack is None:
-            return Batch(pad_sequences(items), labels_t, len(items))
+            return Batch(pad_sequences(items), labels_t, ids_t, len(items))
         rows = first_fit_rows([h * w for _, h, w in items], self.pack)
         packed = pack_sequences(items, rows, length=self.pack)
         row_labels = torch.zeros(len(rows), packed.size.shape[1], dtype=torch.long)
+        row_ids = torch.full_like(row_labels, -1)
         for r, row in enumerate(rows):
             row_labels[r, : len(row)] = labels_t[row]
-        return Batch(packed, row_labels, len(items))
+            row_ids[r, : len(row)] = ids_t[row]
+        return Batch(packed, row_labels, row_ids, len(items))

@@ -63,14 +63,15 @@ class FiT(nn.Module):
             t = torch.clamp(s * t / (1 + (s - 1) * t), max=1.0)
         return self.t_embedder(t.float())
 
-    def conditioning(self, t: Tensor, y: Tensor) -> Tensor:
+    def conditioning(self, t: Tensor, y: Tensor, label_drop: Tensor | None = None) -> Tensor:
         """c = t_emb + y_emb per image: (B, n, D). t and y are (B,) or (B, n)."""
         if t.dim() == 1:
             t = t[:, None]
         if y.dim() == 1:
             y = y[:, None]
+            label_drop = label_drop[:, None] if label_drop is not None else None
         t = t.expand(y.shape) if t.shape[1] < y.shape[1] else t
-        return self.embed_time(t) + self.y_embedder(y, self.training)
+        return self.embed_time(t) + self.y_embedder(y, self.training, label_drop)
 
     def forward(
         self,
@@ -82,6 +83,7 @@ class FiT(nn.Module):
         size: Tensor | None = None,
         segment: Tensor | None = None,
         rope: RopeScaling | None = None,
+        label_drop: Tensor | None = None,
     ) -> Tensor:
         """Velocity (or epsilon and variance for v1) per token.
 
@@ -90,6 +92,7 @@ class FiT(nn.Module):
         mask: (B, N) 1 = real token.   size: (B, n, 2) (h, w) per image in tokens.
         segment: (B, N) 1-based image id per token for packed rows (0 = padding).
         rope: extrapolation method; default ``self.rope``.
+        label_drop: which labels to replace by the null class (training; default random).
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
         grid = grid.long()
@@ -103,7 +106,7 @@ class FiT(nn.Module):
                                cfg.rope_train_len, segment)
 
         x = self.x_embedder(x)  # (B, N, D)
-        c = self.conditioning(t, y)  # (B, n, D)
+        c = self.conditioning(t, y, label_drop)  # (B, n, D)
         global_mod = self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0
         for block in self.blocks:
             if cfg.grad_checkpointing and self.training:

@@ -99,9 +99,12 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
         self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
 
-    def forward(self, labels: Tensor, train: bool) -> Tensor:
-        if train and self.dropout_prob > 0:
+    def forward(self, labels: Tensor, train: bool, drop: Tensor | None = None) -> Tensor:
+        """``drop`` (bool, like labels) forces which labels become the null class; without it,
+        training mode drops each label with ``dropout_prob`` from the global RNG (the reference)."""
+        if drop is None and train and self.dropout_prob > 0:
             drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+        if drop is not None:
             labels = torch.where(drop, self.num_classes, labels)
         return self.embedding_table(labels)
 
