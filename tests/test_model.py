@@ -118,3 +118,30 @@ def test_grad_checkpointing_gives_same_gradients():
     ckpt(*args).square().sum().backward()
     for (name, a), b in zip(model.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def _fake_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
+    """flash_attn_varlen_func's contract, computed sequence by sequence with SDPA."""
+    out = torch.empty_like(q)
+    for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+        seq = [x[a:b].transpose(0, 1)[None] for x in (q, k, v)]  # (1, H, n, D)
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(*seq)[0].transpose(0, 1)
+    return out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_attention_backends_agree_on_padded_and_packed_rows():
+    from fitv2.model.layers import AttentionPlan
+
+    segment = torch.tensor([[1] * 10 + [2] * 8 + [0] * 6, [1] * 20 + [0] * 4, [1] * 24])
+    q, k, v = (torch.randn(3, 2, 24, 16) for _ in range(3))
+    valid = (segment > 0)[:, None, :, None]
+    ref = AttentionPlan(segment, "sdpa")(q, k, v)
+    flex = AttentionPlan(segment, "flex")
+    flex_out = torch.nn.attention.flex_attention.flex_attention(q, k, v, block_mask=flex.block_mask)
+    torch.testing.assert_close(flex_out, ref, atol=1e-5, rtol=1e-5)
+    varlen = AttentionPlan(segment, "flash-varlen", varlen_fn=_fake_flash_varlen)
+    assert varlen.cu_seqlens.tolist() == [0, 10, 18, 38, 62]
+    torch.testing.assert_close(varlen(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
+    # nothing padded: plain SDPA without a mask
+    assert AttentionPlan(None).mask is None

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig
-from .layers import FinalLayer, FiTBlock, LabelEmbedder, PatchEmbedder, TimestepEmbedder
+from .layers import AttentionPlan, FinalLayer, FiTBlock, LabelEmbedder, PatchEmbedder, TimestepEmbedder
 from .rope import RopeScaling, rope_tables
 
 
@@ -33,6 +33,7 @@ class FiT(nn.Module):
         self.blocks = nn.ModuleList(FiTBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, config.adaln_bias)
         self.rope = RopeScaling()  # extrapolation used when forward() is given none
+        self.attention_backend = "auto"  # see AttentionPlan; does not change the result
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -101,6 +102,7 @@ class FiT(nn.Module):
         attn_segment = segment
         if attn_segment is None and not bool(mask.bool().all()):
             attn_segment = mask.long()  # one image per row: valid = 1, padding = 0
+        plan = AttentionPlan(attn_segment, self.attention_backend)
         cfg = self.config
         cos, sin = rope_tables(grid, size, cfg.head_dim, cfg.rope_theta, rope or self.rope,
                                cfg.rope_train_len, segment)
@@ -110,10 +112,9 @@ class FiT(nn.Module):
         global_mod = self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0
         for block in self.blocks:
             if cfg.grad_checkpointing and self.training:
-                x = checkpoint(block, x, c, mask, segment, attn_segment, cos, sin, global_mod,
-                               use_reentrant=False)
+                x = checkpoint(block, x, c, mask, segment, plan, cos, sin, global_mod, use_reentrant=False)
             else:
-                x = block(x, c, mask, segment, attn_segment, cos, sin, global_mod)
+                x = block(x, c, mask, segment, plan, cos, sin, global_mod)
         x = self.final_layer(x, c, segment)  # (B, N, p²·C_out)
         return x * mask[..., None].to(x.dtype)
 

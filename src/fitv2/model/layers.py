@@ -109,17 +109,95 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, segment: Tensor | None) -> Tensor:
-    """Scaled dot-product attention where a token sees only tokens of its own segment.
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex", "flash-varlen")
 
-    q, k, v: (B, heads, N, head_dim). segment: (B, N) ids, 0 = padding, k = k-th image of the
-    row; None = nothing padded or packed. Padding attends to padding, so no softmax row is
-    empty, and a valid token's output never depends on padding or on other images.
+
+def _flash_varlen():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+_compiled_flex = None
+
+
+def _flex_attention():
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+class AttentionPlan:
+    """Which kernel attention uses in one forward pass, and its mask, built once for all blocks.
+
+    A token sees only the tokens of its own segment (``segment``: (B, N), 0 = padding,
+    k = k-th image of a packed row; None = nothing padded or packed). Padding attends to
+    padding, so no softmax row is empty, and a valid token's output never depends on
+    padding or on other images of its row.
+
+    Backends: ``sdpa`` — scaled_dot_product_attention, no mask when nothing is padded, else a
+    boolean block mask (the CPU path); ``flex`` — FlexAttention with a document mask (GPU);
+    ``flash-varlen`` — flash-attention's variable-length kernel over the valid tokens only
+    (GPU, fp16/bf16, where flash_attn is installed). ``auto`` picks flex on CUDA for padded or
+    packed batches, sdpa otherwise.
     """
-    if segment is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    same = segment[:, None, :, None] == segment[:, None, None, :]  # (B, 1, N, N)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=same)
+
+    def __init__(self, segment: Tensor | None, backend: str = "auto", varlen_fn=None):
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
+        if backend == "auto":
+            cuda = segment is not None and segment.is_cuda
+            backend = "flex" if cuda and hasattr(torch.nn.attention, "flex_attention") else "sdpa"
+        self.segment = segment
+        self.backend = backend if segment is not None else "sdpa"
+        self.mask = self.block_mask = self.varlen = None
+        if self.backend == "sdpa" and segment is not None:
+            self.mask = segment[:, None, :, None] == segment[:, None, None, :]  # (B, 1, N, N)
+        elif self.backend == "flex":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def same_segment(b, h, q, k):
+                return segment[b, q] == segment[b, k]
+
+            B, N = segment.shape
+            self.block_mask = create_block_mask(same_segment, B, None, N, N, device=segment.device)
+        elif self.backend == "flash-varlen":
+            self.varlen = varlen_fn or _flash_varlen()
+            if self.varlen is None:
+                raise ValueError("attention backend 'flash-varlen' needs the flash_attn package")
+            self._index_varlen(segment)
+
+    def _index_varlen(self, segment: Tensor) -> None:
+        # Valid tokens in row-major order form contiguous runs, one per image.
+        flat = segment.reshape(-1)
+        row = torch.arange(segment.shape[0], device=segment.device).repeat_interleave(segment.shape[1])
+        self.valid = (flat > 0).nonzero().squeeze(1)
+        key = row[self.valid] * (int(flat.max()) + 1) + flat[self.valid]
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        self.cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)
+        self.max_seqlen = int(counts.max())
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q, k, v: (B, heads, N, head_dim) -> (B, heads, N, head_dim)."""
+        if self.backend == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        if self.backend == "flex":
+            return _flex_attention()(q, k, v, block_mask=self.block_mask)
+        B, H, N, D = q.shape
+
+        def tokens(x: Tensor) -> Tensor:  # (B, H, N, D) -> (valid, H, D)
+            return x.transpose(1, 2).reshape(B * N, H, D)[self.valid]
+
+        out = self.varlen(tokens(q), tokens(k), tokens(v), self.cu_seqlens, self.cu_seqlens,
+                          self.max_seqlen, self.max_seqlen)
+        full = q.new_zeros(B * N, H, D)
+        full[self.valid] = out.to(q.dtype)
+        return full.reshape(B, N, H, D).transpose(1, 2)
 
 
 class Attention(nn.Module):
@@ -136,7 +214,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rope_on_v = rope_on_v
 
-    def forward(self, x: Tensor, mask: Tensor, segment: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, plan: AttentionPlan, cos: Tensor, sin: Tensor) -> Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim)
@@ -144,7 +222,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if self.rope_on_v:
             v = apply_rope(v, cos, sin).to(q.dtype)
-        x = attention(q, k, v, segment)
+        x = plan(q, k, v)
         x = x.transpose(1, 2).reshape(B, N, D) * mask[..., None].to(x.dtype)
         return self.proj(x)
 
@@ -199,13 +277,13 @@ class FiTBlock(nn.Module):
         else:
             self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d, bias=cfg.adaln_bias))
 
-    def forward(self, x: Tensor, c: Tensor, mask: Tensor, segment: Tensor | None, attn_segment: Tensor | None,
+    def forward(self, x: Tensor, c: Tensor, mask: Tensor, segment: Tensor | None, plan: AttentionPlan,
                 cos: Tensor, sin: Tensor, global_mod: Tensor | float = 0.0) -> Tensor:
         """segment: image id per token of packed rows (None: one image per row);
-        attn_segment: what attention separates (images and padding; None: nothing to separate)."""
+        plan: the attention kernel and mask of this forward pass."""
         mod = tokenwise(self.adaLN_modulation(c) + global_mod, segment)  # (B, n|N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask, attn_segment, cos, sin)
+        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask, plan, cos, sin)
         x = x + gate_msa * h
         x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
