@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
 
+    from .eval.commands import register as register_evaluation
+
+    register_evaluation(sub)  # evaluate, train-classifier
+
     return parser
 
 

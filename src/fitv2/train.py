@@ -64,6 +64,8 @@ class TrainConfig:
     steps: int = 1000
     max_minutes: float | None = None
     """Stop (and checkpoint) when this much wall time has passed."""
+    train_tokens: float | None = None
+    """Stop (and checkpoint) once this many real (non-padding) training tokens have been seen."""
     log_every: int = 10
     ckpt_every: int = 500
     keep_checkpoints: int = 2
@@ -321,6 +323,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             window = {"tokens": 0, "time": now, "loss": 0.0, "n": 0}
         bar.update(1)
         out_of_time = cfg.max_minutes is not None and totals["seconds"] > cfg.max_minutes * 60
+        out_of_time |= cfg.train_tokens is not None and totals["tokens"] >= cfg.train_tokens
         out_of_time = dist.any_true(env, out_of_time)
         if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
             checkpoint = _save(env, out, step, model, ema, optimizer, scheduler, loader, cfg, dataset, totals)

@@ -256,7 +256,8 @@ def prepare(source: str | Path, out: str | Path, *, autoencoder: Autoencoder | N
                 report.sequences += 1
                 report.tokens += h * w
             report.images += 1
-            bar.set_postfix(kept=report.images, skipped=sum(report.skipped.values()))
+            if report.images % 100 == 0:
+                bar.set_postfix(kept=report.images, skipped=sum(report.skipped.values()), refresh=False)
     writer.flush()
     with open(out / "items.jsonl", "w") as f:
         for item in items:

@@ -29,14 +29,14 @@ from ..checkpoint import atomic_write, read_state_dict, save_json, save_tensors
 from ..data.prepare import SkipImage, list_jsonl, load_rgb, resize_to_budget
 from .classifier import WEIGHTS_FILE, load_classifier
 from .inception import load_inception
-from .metrics import FeatureStats, class_consistency, frechet_distance, inception_score, precision_recall
+from .metrics import FeatureStats, class_consistency, inception_score, precision_recall
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1
 _LABEL_SUFFIX = re.compile(r"_(\d+)$")
 
-__all__ = ["ClassifierFeatures", "FeatureExtractor", "ImageSource", "InceptionFeatures", "default_json_path",
-           "evaluate", "format_table", "make_extractor", "open_source", "shape_batches"]
+__all__ = ["ClassifierFeatures", "FeatureExtractor", "ImageSource", "InceptionFeatures", "evaluate",
+           "frechet_distance_stats", "open_source", "shape_batches"]
 
 
 # ----------------------------------------------------------------------------- feature networks
@@ -102,52 +102,41 @@ class ClassifierFeatures(FeatureExtractor):
         return self.model.embed(images)
 
 
-def make_extractor(kind: str, *, classifier: str | os.PathLike | None = None,
-                   inception: str | os.PathLike | None = None, device: str = "cpu",
-                   tf_compat: bool = False) -> FeatureExtractor:
-    """'classifier' (needs a classifier folder) or 'inception' (needs the FID weights file)."""
-    if kind == "classifier":
-        if classifier is None:
-            raise ValueError("--features classifier needs --classifier DIR (see `fitv2 train-classifier`)")
-        return ClassifierFeatures(classifier, device)
-    if kind == "inception":
-        if inception is None:
-            from .inception import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
-
-            raise FileNotFoundError(f"--features inception needs --inception PATH to {FID_WEIGHTS_NAME} "
-                                    f"(download {FID_WEIGHTS_URL} on a machine with internet access)")
-        return InceptionFeatures(inception, device, tf_compat)
-    raise ValueError(f"unknown feature network {kind!r} (use classifier or inception)")
-
-
 # ----------------------------------------------------------------------------- image sources
 
 
 class ImageSource:
-    """Streams ``(uint8 (H, W, 3) image, label or None)``, optionally resized to area ≤ budget²."""
+    """Streams ``(uint8 (H, W, 3) image, label or None)``, optionally resized to area ≤ budget².
+
+    Subclasses set ``count`` and ``labels`` (a per-image sequence, or None when unknown).
+    """
+
+    count: int = 0
+    labels: list[int] | np.ndarray | None = None
 
     def __init__(self, path: Path, budget: int | None = None) -> None:
         self.path, self.budget = path, budget
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return self.count
 
     @property
     def has_labels(self) -> bool:
-        raise NotImplementedError
+        return self.labels is not None
 
     def identity(self) -> dict[str, Any]:
+        """What decides the images: the files (path, size, mtime) and the resize budget."""
         raise NotImplementedError
 
-    def _raw(self) -> Iterator[tuple[np.ndarray | Image.Image, int | None]]:
+    def _images(self) -> Iterator[np.ndarray | Image.Image]:
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int | None]]:
-        for image, label in self._raw():
+        for i, image in enumerate(self._images()):
             if self.budget:
                 img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
                 image = resize_to_budget(img, self.budget, 1)
-            yield np.asarray(image), label
+            yield np.asarray(image), (None if self.labels is None else int(self.labels[i]))
 
     def describe(self) -> str:
         return str(self.path) + (f" (budget {self.budget})" if self.budget else "")
@@ -180,22 +169,23 @@ class FolderSource(ImageSource):
         if not self.files:
             raise ValueError(f"{path} holds no PNG/JPG images")
         found = [_LABEL_SUFFIX.search(f.stem) for f in self.files]
-        self.labels = [int(m.group(1)) for m in found] if all(found) else None
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def has_labels(self) -> bool:
-        return self.labels is not None
+        self.count, self.labels = len(self.files), [int(m.group(1)) for m in found] if all(found) else None
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "folder", "path": str(self.path.resolve()), "files": _listing_digest(self.files),
                 "budget": self.budget}
 
-    def _raw(self):
-        for i, f in enumerate(self.files):
-            yield _load(f), (self.labels[i] if self.labels else None)
+    def _images(self):
+        return map(_load, self.files)
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(f)
+    if fortran:
+        raise ValueError("Fortran-ordered arrays are not supported")
+    return shape, dtype
 
 
 class NpzSource(ImageSource):
@@ -204,64 +194,40 @@ class NpzSource(ImageSource):
     def __init__(self, path: Path, budget: int | None = None, chunk: int = 256) -> None:
         super().__init__(path, budget)
         self.chunk = chunk
-        self.labels = None
         if path.suffix == ".npy":
-            shape, dtype = np.load(path, mmap_mode="r").shape, np.load(path, mmap_mode="r").dtype
+            arr = np.load(path, mmap_mode="r")
+            shape, dtype = arr.shape, arr.dtype
         else:
             with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-                if "arr_0.npy" not in names:
+                if "arr_0.npy" not in zf.namelist():
                     raise ValueError(f"{path} has no arr_0 (expected an ADM-style sample batch)")
                 with zf.open("arr_0.npy") as f:
-                    shape, _, dtype = self._header(f)
-            if "arr_1.npy" in names:
-                with np.load(path) as data:
-                    self.labels = data["arr_1"].reshape(-1).astype(np.int64)
+                    shape, dtype = _npy_header(f)
+                if "arr_1.npy" in zf.namelist():
+                    with np.load(path) as data:
+                        self.labels = data["arr_1"].reshape(-1).astype(np.int64)
         if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
             raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
         if self.labels is not None and len(self.labels) != shape[0]:
             raise ValueError(f"{path}: {shape[0]} images but {len(self.labels)} labels in arr_1")
-        self.shape = shape
-
-    @staticmethod
-    def _header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if fortran:
-            raise ValueError("Fortran-ordered arrays are not supported")
-        return shape, fortran, dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    @property
-    def has_labels(self) -> bool:
-        return self.labels is not None
+        self.shape, self.count = shape, shape[0]
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "npz", "file": _file_identity(self.path), "budget": self.budget}
 
-    def _chunks(self) -> Iterator[np.ndarray]:
+    def _images(self):
         if self.path.suffix == ".npy":
             arr = np.load(self.path, mmap_mode="r")
-            for i in range(0, len(arr), self.chunk):
-                yield np.array(arr[i : i + self.chunk])
+            for i in range(0, self.count, self.chunk):
+                yield from np.array(arr[i : i + self.chunk])
             return
         # np.load cannot memory-map inside a zip; reading the member as a stream keeps memory flat
         row = math.prod(self.shape[1:])
         with zipfile.ZipFile(self.path) as zf, zf.open("arr_0.npy") as f:
-            self._header(f)
-            for i in range(0, self.shape[0], self.chunk):
-                n = min(self.chunk, self.shape[0] - i)
-                yield np.frombuffer(f.read(n * row), np.uint8).reshape(n, *self.shape[1:])
-
-    def _raw(self):
-        i = 0
-        for block in self._chunks():
-            for image in block:
-                yield image, (int(self.labels[i]) if self.labels is not None else None)
-                i += 1
+            _npy_header(f)
+            for i in range(0, self.count, self.chunk):
+                n = min(self.chunk, self.count - i)
+                yield from np.frombuffer(f.read(n * row), np.uint8).reshape(n, *self.shape[1:])
 
 
 class JsonlSource(ImageSource):
@@ -271,21 +237,14 @@ class JsonlSource(ImageSource):
         super().__init__(path, budget)
         self.split = split
         self.sources, self.class_names = list_jsonl(path, split)
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    @property
-    def has_labels(self) -> bool:
-        return True
+        self.count, self.labels = len(self.sources), [s.label for s in self.sources]
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "jsonl", "file": _file_identity(self.path), "split": self.split, "budget": self.budget,
                 "files": _listing_digest(s.path for s in self.sources)}
 
-    def _raw(self):
-        for s in self.sources:
-            yield _load(s.path), s.label
+    def _images(self):
+        return (_load(s.path) for s in self.sources)
 
     def describe(self) -> str:
         return super().describe() + (f" split {self.split}" if self.split else "")
@@ -365,6 +324,25 @@ def extract(source: ImageSource, extractor: FeatureExtractor, batch_size: int = 
                     np.array(labels, np.int64) if known else None, shapes)
 
 
+def frechet_distance_stats(a: FeatureStats, b: FeatureStats) -> float:
+    """The Fréchet distance of :func:`metrics.frechet_distance`, with Tr (S1 S2)^½ from eigenvalues.
+
+    (S1 S2)^½ has the trace Σ √λ over the eigenvalues λ of the symmetric PSD matrix S1^½ S2 S1^½
+    (same non-zero spectrum as S1 S2), so two symmetric eigendecompositions replace scipy's
+    general ``sqrtm``: about 10x faster for 2048-d Inception features on a CPU, and exact for the
+    singular covariances of sets smaller than the feature dimension (no epsilon retry needed).
+    """
+    mu1, mu2 = torch.from_numpy(a.mean), torch.from_numpy(b.mean)
+    s1, s2 = torch.from_numpy(a.cov), torch.from_numpy(b.cov)
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"feature dims differ: {mu1.shape[0]} vs {mu2.shape[0]}")
+    w, v = torch.linalg.eigh(s1)
+    root = (v * w.clamp(min=0).sqrt()) @ v.T
+    lam = torch.linalg.eigvalsh(root @ s2 @ root)
+    diff = mu1 - mu2
+    return float(diff @ diff + s1.trace() + s2.trace() - 2 * lam.clamp(min=0).sqrt().sum())
+
+
 def _save_stats(stats: FeatureStats, path: Path) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -419,8 +397,8 @@ def evaluate(generated: str | os.PathLike | ImageSource, reference: str | os.Pat
     gen = extract(gen_src, extractor, batch_size, progress, desc="generated")
     fd = "fid" if extractor.name == "inception" else "fd"
     out: dict[str, Any] = {"features": extractor.name}
-    out[fd] = frechet_distance(gen.pool.mean, gen.pool.cov, ref.pool.mean, ref.pool.cov)
-    out["s" + fd] = frechet_distance(gen.spatial.mean, gen.spatial.cov, ref.spatial.mean, ref.spatial.cov)
+    out[fd] = frechet_distance_stats(gen.pool, ref.pool)
+    out["s" + fd] = frechet_distance_stats(gen.spatial, ref.spatial)
     out["is"], out["is_std"] = inception_score(gen.logits, split_size=5000)
     if min(len(gen.pool_features), len(ref.pool_features)) > k:
         out["precision"], out["recall"] = precision_recall(ref.pool_features, gen.pool_features, k=k,
@@ -443,28 +421,3 @@ def _consistency(extractor: FeatureExtractor, feats: Features) -> float | None:
     if feats.labels.min() < 0 or feats.labels.max() >= feats.logits.shape[1]:
         return None
     return class_consistency(feats.logits, feats.labels)
-
-
-def format_table(m: dict[str, Any]) -> str:
-    """A compact, aligned text table of the metrics."""
-    fd = "fid" if m["features"] == "inception" else "fd"
-    shapes = ", ".join(f"{k}: {v}" for k, v in sorted(m["generated_shapes"].items(), key=lambda kv: -kv[1])[:4])
-    rows = [("features", f"{m['features']} ({m['weights']})"),
-            ("generated", f"{m['num_generated']} images [{shapes}] {m['generated']}"),
-            ("reference", f"{m['num_reference']} images {m['reference']}" + (" [cached]" if m["reference_cached"]
-                                                                                 else ""))]
-    for key, name in ((fd, fd.upper()), ("s" + fd, "s" + fd.upper()), ("is", "IS"), ("precision", "precision"),
-                      ("recall", "recall"), ("class_consistency", "class consistency"),
-                      ("reference_is", "IS (reference)"),
-                      ("reference_class_consistency", "class consistency (reference)")):
-        if m.get(key) is not None:
-            value = f"{m[key]:.4f}" if key in ("precision", "recall") or "consistency" in key else f"{m[key]:.3f}"
-            rows.append((name, value + (f" ± {m['is_std']:.3f}" if key == "is" and m["is_std"] else "")))
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
-
-
-def default_json_path(generated: str | os.PathLike) -> Path:
-    """``<folder>/metrics.json`` for a folder, ``<name>_metrics.json`` next to a file."""
-    path = Path(generated)
-    return path / "metrics.json" if path.is_dir() else path.with_name(path.stem + "_metrics.json")
