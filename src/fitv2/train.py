@@ -1,9 +1,10 @@
 """The training loop: one function that takes the resolved config.
 
-AdamW with linear warmup, gradient clipping, EMA, label dropout (in the model), optional
-bf16 autocast. Progress is counted in images and tokens. Checkpoints hold model, EMA,
-optimizer, scheduler, step, data position and every random state, are written to a
-temporary folder and renamed, and ``resume="latest"`` continues bit for bit.
+AdamW with linear warmup, gradient clipping, EMA, label dropout for guidance, optional
+bf16 autocast. Progress is counted in images and tokens. The noise, time and label dropout
+of an example are functions of (seed, step, its position in the global batch), so the run
+is the same on any number of ranks and a checkpoint (model, EMA, optimizer, scheduler,
+step, data position; written to a temporary folder and renamed) resumes bit for bit.
 Multi-process training (torchrun) is handled by :mod:`fitv2.distributed`.
 """
 
@@ -27,6 +28,7 @@ from . import distributed as dist
 from .checkpoint import CheckpointError, load_weights, read_state_dict, save_json, save_model_dir
 from .config import ModelConfig, model_config
 from .data.dataset import TokenDataset, TokenLoader
+from .finetune import apply_finetune, load_pretrained, source_config
 from .flow import TimeSampler, flow_loss
 from .model.fit import FiT
 from .model.rope import rope_scaling
@@ -89,6 +91,13 @@ class TrainConfig:
     progress: bool = True
     resume: str | None = None
     """'latest' or a checkpoint folder to continue from."""
+    init_from: str | None = None
+    """Start from pretrained weights: a checkpoint folder (its architecture is used) or a released
+    weights file of `preset` (e.g. high-resolution post-training of FiTv2-XL/2)."""
+    finetune: str = "full"
+    """'full', or 'partial': train only patch embedder, biases, adaLN modulation and final layer."""
+    reinit_unfrozen: bool = False
+    """With init_from: re-initialise the trained subset, as the released HR training code does."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,13 +128,22 @@ def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig
                  "in_channels": dataset.meta["channels"], **cfg.model}
     if cfg.grad_checkpointing:
         overrides["grad_checkpointing"] = True
+    pretrained = source_config(cfg.init_from) if cfg.init_from else None
+    if pretrained is not None:  # the architecture is the checkpoint's; it keeps its L_train
+        model_cfg = pretrained.replace(**overrides)
+        if pretrained.num_classes != model_cfg.num_classes:
+            raise ValueError(f"{cfg.init_from} has {pretrained.num_classes} classes, the dataset "
+                             f"{model_cfg.num_classes}")
+        return model_cfg
     model_cfg = model_config(cfg.preset, **overrides)
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
     if model_cfg.learn_sigma:
         raise ValueError(f"{cfg.preset} predicts a learned variance (FiT v1 DDPM); train it with rectified flow "
                          "by overriding learn_sigma=false (Table II Config A)")
     if model_cfg.token_dim != dataset.token_dim:
         raise ValueError(f"model tokens hold {model_cfg.token_dim} values but the dataset's hold {dataset.token_dim}")
-    if "rope_train_len" not in cfg.model:  # RoPE extrapolates from the side the model is trained at
+    if "rope_train_len" not in cfg.model and not cfg.init_from:  # RoPE scales from the training side
         model_cfg = model_cfg.replace(rope_train_len=math.isqrt(dataset.meta["max_tokens"]))
     return model_cfg
 
@@ -237,6 +255,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     model_cfg = resolve_model_config(cfg, dataset)
     torch.manual_seed(cfg.seed)
     model = FiT(model_cfg)
+    if cfg.init_from and find_resume(cfg) is None:
+        load_pretrained(model, cfg.init_from, reinit_unfrozen=cfg.reinit_unfrozen, mode=cfg.finetune)
+    trainable = apply_finetune(model, cfg.finetune)
+    if env.is_main and cfg.finetune != "full":
+        print(f"finetune={cfg.finetune}: {trainable:,} of {model.num_parameters():,} parameters trainable "
+              f"({trainable / model.num_parameters():.2%})")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     loader = TokenLoader(dataset, cfg.batch_size, cfg.data_mode, cfg.seed, env.rank, env.world_size,
                          cfg.bucket, cfg.pack)
@@ -260,7 +284,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     train_model = dist.wrap(model, env, cfg)
     dist.shard_like(ema, env, cfg)
     # After wrapping: FSDP replaces the parameters, so the optimizer must see the new ones.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps))
     if state is not None:
         dist.load_optimizer_state(model, optimizer, state["optimizer"])
@@ -290,7 +315,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
