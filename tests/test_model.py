@@ -143,5 +143,22 @@ def test_attention_backends_agree_on_padded_and_packed_rows():
     varlen = AttentionPlan(segment, "flash-varlen", varlen_fn=_fake_flash_varlen)
     assert varlen.cu_seqlens.tolist() == [0, 10, 18, 38, 62]
     torch.testing.assert_close(varlen(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
-    # nothing padded: plain SDPA without a mask
+    per_image = AttentionPlan(segment, "sdpa-varlen")
+    assert sorted(g.shape for g in per_image.groups) == [(1, 8), (1, 10), (1, 20), (1, 24)]
+    torch.testing.assert_close(per_image(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
+    # nothing padded: plain SDPA without a mask; heavy padding on the CPU: per image
     assert AttentionPlan(None).mask is None
+    assert AttentionPlan(torch.tensor([[1] * 4 + [0] * 20, [1] * 24])).backend == "sdpa-varlen"
+    assert AttentionPlan(torch.tensor([[1] * 22 + [0] * 2, [1] * 24])).backend == "sdpa"
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa-varlen"])
+def test_model_backends_give_the_same_outputs(backend):
+    cfg = tiny_config()
+    model = randomize(FiT(cfg)).eval()
+    items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in [(3, 5), (2, 2), (4, 1)]]
+    packed = pack_sequences(items, rows=[[0, 1], [2]], length=20)
+    args = (packed.x, torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]]), packed.grid, packed.mask, packed.size)
+    ref = model(*args, segment=packed.segment)
+    model.attention_backend = backend
+    torch.testing.assert_close(model(*args, segment=packed.segment), ref, atol=1e-5, rtol=1e-5)
