@@ -13,6 +13,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    # The tests use tiny tensors: syncing intra-op threads costs more than it saves, and on a
+    # shared CPU a second thread waiting for a busy core slows small ops down many times over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(**overrides) -> ModelConfig:
     """A FiTv2 block small enough for unit tests (head_dim 16)."""
     base = dict(name="tiny", hidden_size=64, depth=2, num_heads=4, num_classes=10, adaln_lora_dim=16,

@@ -46,15 +46,6 @@ def _write(root, images: np.ndarray, labels: np.ndarray | None, name: str):
     return folder, root / f"{name}.npz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny tensors: on a shared CPU, syncing intra-op threads costs far more than it saves
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
