@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="prepare the embedded clipart data, train a small model on the CPU, sample")
     p.add_argument("--minutes", type=float, default=8.0, help="training time budget (default 8)")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--preset", default="FiTv2-Tiny/4")
+    p.add_argument("--preset", default="FiTv2-Mini/4", help="model preset (default FiTv2-Mini/4, 1.6M parameters)")
     p.add_argument("--data", help="dataset folder with metadata.jsonl (default: the embedded data/clipart)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)

@@ -152,6 +152,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Small models for CPU work (not from the paper): pixel space, 3 channels.
     "FiTv2-Tiny/4": dict(hidden_size=192, depth=6, num_heads=3, patch_size=4, in_channels=3,
                          num_classes=20, rope_train_len=8),
+    "FiTv2-Mini/4": dict(hidden_size=128, depth=6, num_heads=2, patch_size=4, in_channels=3,
+                         num_classes=20, rope_train_len=8),
     "FiTv2-Micro/4": dict(hidden_size=64, depth=2, num_heads=2, patch_size=4, in_channels=3,
                           num_classes=10, rope_train_len=8),
 }

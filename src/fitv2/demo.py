@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,11 @@ class DemoConfig:
     out: str = "runs/demo"
     data: str = str(EMBEDDED)
     minutes: float = 8.0
-    preset: str = "FiTv2-Tiny/4"
+    preset: str = "FiTv2-Mini/4"
     budget: int = 32
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int = 32
+    lr: float = 2e-3
+    model: dict = field(default_factory=dict)
     cfg_scale: float = 3.0
     steps: int = 40
     seed: int = 0
@@ -77,8 +78,8 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     t0 = time.perf_counter()
     result = train(TrainConfig(
-        data=str(tokens), out=str(out / "run"), preset=cfg.preset, batch_size=cfg.batch_size, lr=cfg.lr,
-        warmup_steps=100, ema_decay=0.999, ema_warmup=True, steps=1_000_000, max_minutes=cfg.minutes,
+        data=str(tokens), out=str(out / "run"), preset=cfg.preset, model=cfg.model, batch_size=cfg.batch_size,
+        lr=cfg.lr, warmup_steps=100, ema_decay=0.999, ema_warmup=True, steps=1_000_000, max_minutes=cfg.minutes,
         ckpt_every=1000, log_every=10, seed=cfg.seed, bucket=4, resume="latest"))
     timings["train"] = time.perf_counter() - t0
 
@@ -94,8 +95,8 @@ def run_demo(cfg: DemoConfig) -> Path:
                                                     seed=cfg.seed, progress=False)
     write_samples(out / "samples", results, labels, sampler.class_names, grid_columns=k)
     grid = image_grid([list(im) for im in results.values()],
-                      [f"{h}x{w}" for h, w in results], sampler.class_names, min_cell=48,
-                      title="one sample per class (columns) at each size (rows)")
+                      [f"{h}x{w}" for h, w in results], sampler.class_names, scale=2,
+                      title="one sample per class (columns) at each size (rows), all enlarged 2x")
     grid.save(out / "samples.png")
     per_class = 6
     many = sampler.generate(cfg.budget, cfg.budget, torch.arange(k).repeat_interleave(per_class), solver, guidance,

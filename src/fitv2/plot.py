@@ -26,39 +26,44 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] | None = None,
                col_labels: Sequence[str] | None = None, pad: int = 4, min_cell: int = 96,
-               title: str | None = None) -> Image.Image:
+               title: str | None = None, scale: int | None = None) -> Image.Image:
     """Rows of uint8 (H, W, 3) images; images in a row share a size, rows may differ.
 
     Small images are enlarged by an integer factor so the shorter side is at least
-    ``min_cell`` pixels; each row is labelled on the left, columns on top.
+    ``min_cell`` pixels (or all by ``scale``, keeping relative sizes); each row is labelled on the
+    left, columns on top. Every column is as
+    wide as its widest image and images are centred in it, so a column stays one column
+    (one class, say) across rows of different aspect ratios.
     """
     font = _font(12)
     scaled = []
     for row in rows:
         h, w = row[0].shape[:2]
-        factor = max(1, math.ceil(min_cell / min(h, w)))
+        factor = scale or max(1, math.ceil(min_cell / min(h, w)))
         scaled.append([upscale(im, factor) for im in row])
     label_w = 0
     if row_labels:
         label_w = max(int(font.getlength(s)) for s in row_labels) + 2 * pad
     top = 18 if col_labels else 0
     top += 22 if title else 0
-    width = label_w + max(sum(im.shape[1] + pad for im in row) for row in scaled) + pad
+    columns = max(len(row) for row in scaled)
+    col_w = [max(row[c].shape[1] for row in scaled if c < len(row)) for c in range(columns)]
+    col_x = [label_w + pad + sum(w + pad for w in col_w[:c]) for c in range(columns)]
+    width = label_w + sum(w + pad for w in col_w) + pad
     height = top + sum(row[0].shape[0] + pad for row in scaled) + pad
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((pad, pad), title, fill=INK, font=_font(14))
+    if col_labels:
+        for c, name in enumerate(col_labels[:columns]):
+            draw.text((col_x[c], top - 16), name[: max(3, col_w[c] // 7)], fill=INK, font=font)
     y = top + pad
     for r, row in enumerate(scaled):
-        x = label_w + pad
         if row_labels:
             draw.text((pad, y + row[0].shape[0] // 2 - 6), row_labels[r], fill=INK, font=font)
         for c, im in enumerate(row):
-            if r == 0 and col_labels and c < len(col_labels):
-                draw.text((x, top - 16), col_labels[c][: max(3, im.shape[1] // 7)], fill=INK, font=font)
-            canvas.paste(Image.fromarray(im), (x, y))
-            x += im.shape[1] + pad
+            canvas.paste(Image.fromarray(im), (col_x[c] + (col_w[c] - im.shape[1]) // 2, y))
         y += row[0].shape[0] + pad
     return canvas
 
