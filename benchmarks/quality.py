@@ -78,12 +78,11 @@ def train_arm(arm: str, tokens: Path, work: Path, s: dict, seed: int) -> tuple[P
                       data_mode=spec["data_mode"], time_sampling=spec["time_sampling"], batch_size=s["batch"],
                       lr=s["lr"], warmup_steps=100, ema_decay=0.999, ema_warmup=True, steps=10**9,
                       train_tokens=s["tokens"], ckpt_every=10**9, log_every=20, seed=seed, resume="latest")
-    t0 = time.perf_counter()
     result = train(cfg)
     log = [json.loads(line) for line in (work / arm / "log.jsonl").open()]
+    # Training seconds come from the run's own totals, which survive an interrupted and resumed run.
     info = dict(steps=result.step, tokens=log[-1]["tokens"], images=log[-1]["images"], loss=np.mean(
-        [r["loss"] for r in log[-10:]]), seconds=time.perf_counter() - t0, tokens_per_s=result.tokens_per_s,
-        params=None)
+        [r["loss"] for r in log[-10:]]), seconds=log[-1]["seconds"], tokens_per_s=result.tokens_per_s, params=None)
     return result.checkpoint, info
 
 

@@ -297,7 +297,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, out / "config.json")
     writer = _tensorboard(out) if cfg.tensorboard and env.is_main else None
     log = open(out / "log.jsonl", "a") if env.is_main else None
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not (cfg.progress and env.is_main))
+    bar = _progress_bar(cfg, step, totals, disable=not (cfg.progress and env.is_main))
     start = time.perf_counter() - totals["seconds"]
     window = {"tokens": 0, "time": time.perf_counter(), "loss": 0.0, "n": 0}
     loss_value, checkpoint = float("nan"), None
@@ -344,9 +344,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             if writer is not None:
                 for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
                     writer.add_scalar(f"train/{k}", row[k], step)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", tok_s=f"{tps:,.0f}")
+            bar.set_postfix(step=step, loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", tok_s=f"{tps:,.0f}")
             window = {"tokens": 0, "time": now, "loss": 0.0, "n": 0}
-        bar.update(1)
+        _advance(bar, cfg, totals)
         out_of_time = cfg.max_minutes is not None and totals["seconds"] > cfg.max_minutes * 60
         out_of_time |= cfg.train_tokens is not None and totals["tokens"] >= cfg.train_tokens
         out_of_time = dist.any_true(env, out_of_time)
@@ -364,6 +364,32 @@ def train(cfg: TrainConfig) -> TrainResult:
     seconds = totals["seconds"]
     dist.cleanup(env)
     return TrainResult(step, loss_value, totals["tokens"] / max(seconds, 1e-9), seconds, checkpoint)
+
+
+def _bar_unit(cfg: TrainConfig) -> str:
+    """Progress is shown in the unit of the run's budget: tokens, else seconds, else steps."""
+    return "tok" if cfg.train_tokens is not None else "s" if cfg.max_minutes is not None else "step"
+
+
+def _progress_bar(cfg: TrainConfig, step: int, totals: dict, disable: bool) -> tqdm:
+    unit = _bar_unit(cfg)
+    if unit == "tok":
+        return tqdm(total=int(cfg.train_tokens), initial=int(totals["tokens"]), desc="train", unit="tok",
+                    unit_scale=True, disable=disable)
+    if unit == "s":
+        return tqdm(total=round(cfg.max_minutes * 60), initial=round(totals["seconds"]), desc="train", unit="s",
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}", disable=disable)
+    return tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=disable)
+
+
+def _advance(bar: tqdm, cfg: TrainConfig, totals: dict) -> None:
+    unit = _bar_unit(cfg)
+    if unit == "tok":
+        bar.update(int(min(totals["tokens"], cfg.train_tokens)) - bar.n)
+    elif unit == "s":
+        bar.update(min(round(totals["seconds"]), round(cfg.max_minutes * 60)) - bar.n)
+    else:
+        bar.update(1)
 
 
 def write_loss_plot(out: Path) -> None:
