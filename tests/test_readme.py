@@ -35,3 +35,14 @@ def test_models_table_in_readme_is_what_the_command_prints():
         name = line.split()[0]
         printed = next(row for row in out.stdout.splitlines() if row.startswith(name + " "))
         assert re.sub(r"\s+", " ", printed) == re.sub(r"\s+", " ", line)
+
+
+def test_every_cli_command_has_an_example_in_the_readme():
+    import argparse
+
+    from fitv2.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    blocks = README.read_text().split("```")[1::2]  # the fenced code blocks
+    examples = {m.group(1) for block in blocks for m in re.finditer(r"^\s*fitv2 ([a-z-]+)", block, re.M)}
+    assert set(sub.choices) <= examples, f"commands without a README example: {set(sub.choices) - examples}"

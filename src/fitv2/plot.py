@@ -68,17 +68,25 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] |
     return canvas
 
 
-def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
-    out, acc = np.empty_like(values), values[0]
-    for i, v in enumerate(values):
-        acc = weight * acc + (1 - weight) * v
-        out[i] = acc
-    return out
+def _smooth(values: np.ndarray, fraction: float) -> np.ndarray:
+    """Centred moving average over about `fraction` of the points (narrower at the ends), so the smoothed
+    curve does not lag behind a falling loss as an exponential average does."""
+    half = int(len(values) * fraction / 2)
+    if half == 0:
+        return values.copy()
+    cumsum = np.concatenate([[0.0], np.cumsum(values)])
+    i = np.arange(len(values))
+    lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, len(values))
+    # At the ends the window shrinks symmetrically, so the first and last points stay where they are.
+    reach = np.minimum(i - lo, hi - 1 - i)
+    lo, hi = i - reach, i + reach + 1
+    return (cumsum[hi] - cumsum[lo]) / (hi - lo)
 
 
 def loss_curve(steps: Sequence[float], losses: Sequence[float], title: str = "training loss",
-               size: tuple[int, int] = (640, 360), smoothing: float = 0.9) -> Image.Image:
-    """A line plot of loss against step: raw values light, an exponential moving average dark."""
+               size: tuple[int, int] = (640, 360), smoothing: float = 0.04) -> Image.Image:
+    """A line plot of loss against step: raw values light, a centred moving average over `smoothing` of the
+    points dark."""
     steps_a, loss_a = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
     W, H = size
     left, right, top, bottom = 60, 20, 30, 40
