@@ -82,7 +82,8 @@ class TrainConfig:
     """RoPE extrapolation during training, per image (e.g. 'vision-ntk' for high-resolution tuning)."""
     device: str = "auto"
     compile: bool = False
-    """torch.compile the model for the training step."""
+    """torch.compile each transformer block (the masks, RoPE tables and attention plan stay eager: they make
+    data-dependent choices that would break one whole-model graph)."""
     grad_checkpointing: bool = False
     """Activation checkpointing: recompute each block in the backward pass."""
     fsdp: bool = False
@@ -290,7 +291,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     if state is not None:
         dist.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    forward = torch.compile(train_model) if cfg.compile else train_model
+    if cfg.compile:
+        for block in model.blocks:
+            block.compile(dynamic=True)  # sequence lengths vary from batch to batch
+    forward = train_model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
