@@ -61,3 +61,8 @@ def test_compiled_blocks_train_like_eager(eight_images, tmp_path):
     assert compiled.loss == pytest.approx(eager.loss, rel=1e-4)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+
+
+def test_ddpm_presets_are_refused_with_the_flow_override_named(eight_images, tmp_path):
+    with pytest.raises(ValueError, match="learn_sigma=false continuous_time=true"):
+        train(_config(eight_images, tmp_path / "v1", preset="FiT-B/2", steps=1))

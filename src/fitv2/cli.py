@@ -125,7 +125,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     guidance = Guidance(scale=args.cfg_scale, channels=args.guidance_channels,
                         schedule="power-cos" if args.power_cos else "constant", power=args.power_cos or 1.0,
                         interval=(lo, hi))
-    solver = SolverConfig(args.solver, steps=args.steps, atol=args.atol, rtol=args.rtol,
+    ddpm = not sampler.model.config.continuous_time  # FiT v1 weights
+    solver = SolverConfig(args.solver or ("ddpm" if ddpm else "euler"), steps=args.steps or (250 if ddpm else 50),
+                          atol=args.atol, rtol=args.rtol,
                           diffusion_form=args.diffusion_form, last_step=args.last_step)
     rope = rope_scaling(args.rope, attn_scale=args.attn_scale)
     results = {}
@@ -188,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'reference' guides latent channels 0-2 only, as the released samplers")
     p.add_argument("--guidance-interval", default="0,1", help="apply guidance for t in [lo,hi] (default 0,1)")
     p.add_argument("--power-cos", type=float, help="power-cos guidance schedule with this exponent")
-    p.add_argument("--solver", default="euler", help="euler, heun, dopri5 (or any torchdiffeq method), sde")
-    p.add_argument("--steps", type=int, default=50, help="solver steps (fixed-step solvers and sde)")
+    p.add_argument("--solver", help="euler (default), heun, dopri5 (or any torchdiffeq method), sde; "
+                   "FiT v1 models: ddpm (their default)")
+    p.add_argument("--steps", type=int, help="solver steps (fixed-step solvers, sde, ddpm); default 50, ddpm 250")
     p.add_argument("--atol", type=float, default=1e-6)
     p.add_argument("--rtol", type=float, default=1e-3)
     p.add_argument("--diffusion-form", default="sigma", help="SDE diffusion form")

@@ -3,7 +3,8 @@
 Integration runs from t = 0 (Gaussian noise) to t = 1 (data) in float32. Solvers:
 ``euler`` and ``heun`` (fixed steps on a uniform grid), any torchdiffeq method such as
 ``dopri5`` (adaptive; the paper's choice), and ``sde`` (Euler–Maruyama with the
-reference's diffusion forms and last step).
+reference's diffusion forms and last step). FiT v1 models, trained as discrete DDPM models,
+take ``ddpm`` (ancestral steps on a respaced schedule, :mod:`fitv2.diffusion`).
 """
 
 from __future__ import annotations
@@ -91,21 +92,32 @@ class VelocityField:
         self.times: list[float] = []
 
     def _forward(self, x: Tensor, t: Tensor, y: Tensor, tokens: TokenBatch) -> Tensor:
-        out = self.model(x, t, y, **tokens.model_inputs(), rope=self.rope)
-        return out[..., : self.out_channels]  # drop a learned-sigma half if present
+        return self.model(x, t, y, **tokens.model_inputs(), rope=self.rope)
 
-    def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+    def output(self, x: Tensor, t_model: Tensor, t_flow: Tensor) -> Tensor:
+        """All output features of the guided model at model time t_model (B,); guidance is decided and
+        scheduled on flow time t_flow (B,). Only the prediction features (not a learned-sigma half) are
+        guided."""
         self.evaluations += 1
-        self.times.append(float(t))
-        tb = torch.as_tensor(t, dtype=torch.float32).to(x.device).expand(x.shape[0])  # (B,)
-        if not self.guidance.active(float(t)):
-            return self._forward(x, tb, self.y, self.tokens)
+        self.times.append(float(t_flow[0]))
+        if not self.guidance.active(float(t_flow[0])):
+            return self._forward(x, t_model, self.y, self.tokens)
         doubled = _double(self.tokens)
         y_null = torch.full_like(self.y, self.null_label)
-        out = self._forward(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([self.y, y_null]), doubled)
+        out = self._forward(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([self.y, y_null]), doubled)
         cond, uncond = out.chunk(2)
-        scale = self.guidance.scale_at(tb)
-        return apply_guidance(cond, uncond, scale, self.guidance.guided_features(self.model.config.patch_size))
+        guided = self.guidance.guided_features(self.model.config.patch_size) or self.out_channels
+        return apply_guidance(cond, uncond, self.guidance.scale_at(t_flow), guided)
+
+    def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+        tb = torch.as_tensor(t, dtype=torch.float32).to(x.device).expand(x.shape[0])  # (B,)
+        return self.output(x, tb, tb)[..., : self.out_channels]
+
+    def denoiser(self, x: Tensor, timestep: Tensor, t_flow: float) -> tuple[Tensor, Tensor | None]:
+        """(ε, learned-range value or None) of a DDPM model at integer timesteps (B,), for ``ddpm_sample``."""
+        out = self.output(x, timestep, torch.full_like(timestep, t_flow))
+        eps = out[..., : self.out_channels]
+        return eps, out[..., self.out_channels :] if self.model.config.learn_sigma else None
 
 
 def _double(tokens: TokenBatch) -> TokenBatch:
@@ -120,8 +132,9 @@ def _double(tokens: TokenBatch) -> TokenBatch:
 @dataclass(frozen=True)
 class SolverConfig:
     """How to integrate. ``steps`` = solver steps on a uniform grid (Euler: one model call
-    each, Heun: two; SDE: steps − 1 Euler–Maruyama steps plus the last step); adaptive
-    torchdiffeq methods ignore it and use atol/rtol."""
+    each, Heun: two; SDE: steps − 1 Euler–Maruyama steps plus the last step; DDPM: respaced
+    timesteps, 250 for FiT v1's published numbers); adaptive torchdiffeq methods ignore it and
+    use atol/rtol."""
 
     solver: str = "euler"
     steps: int = 50
@@ -228,10 +241,21 @@ def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig
                   guidance: Guidance = Guidance(), rope: RopeScaling | None = None,
                   generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
     """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label."""
+    discrete = not model.config.continuous_time
+    if discrete and solver.solver != "ddpm":
+        raise ValueError("this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
+                         "(250 steps for the published numbers)")
+    if not discrete and solver.solver == "ddpm":
+        raise ValueError("solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, "
+                         "dopri5 or sde")
     device = next(model.parameters()).device
     labels = labels.to(device)
     tokens = size_batch(labels.shape[0], h, w, model.config.token_dim, device="cpu", generator=generator).to(device)
     if noise is not None:
         tokens.x = noise.to(device)
     field_ = VelocityField(model, labels, tokens, guidance, rope)
+    if discrete:
+        from .diffusion import Diffusion, ddpm_sample
+
+        return ddpm_sample(field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator)
     return integrate(field_, tokens.x.float(), solver, generator)

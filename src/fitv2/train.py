@@ -139,9 +139,10 @@ def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig
     model_cfg = model_config(cfg.preset, **overrides)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
-    if model_cfg.learn_sigma:
-        raise ValueError(f"{cfg.preset} predicts a learned variance (FiT v1 DDPM); train it with rectified flow "
-                         "by overriding learn_sigma=false (Table II Config A)")
+    if model_cfg.learn_sigma or not model_cfg.continuous_time:
+        raise ValueError(f"{cfg.preset} is a DDPM model (FiT v1: learned variance, integer timesteps), and training "
+                         "here is rectified flow; train its block with flow by overriding "
+                         "--model learn_sigma=false continuous_time=true (Table II Config A)")
     if model_cfg.token_dim != dataset.token_dim:
         raise ValueError(f"model tokens hold {model_cfg.token_dim} values but the dataset's hold {dataset.token_dim}")
     if "rope_train_len" not in cfg.model and not cfg.init_from:  # RoPE scales from the training side
