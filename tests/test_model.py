@@ -90,6 +90,43 @@ def test_packed_rows_equal_unpacked_images():
         torch.testing.assert_close(out[row, start : start + h * w], ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shifted", [True, False])
+def test_segment_modulation_gradients(shifted):
+    from fitv2.model.layers import gate_tokens, modulate_tokens
+
+    segment = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 2, 2, 2, 2]])
+    x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    shift, scale = (torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    if shifted:
+        torch.autograd.gradcheck(lambda a, b, c: modulate_tokens(a, b, c, segment), (x, shift, scale))
+    else:
+        torch.autograd.gradcheck(lambda a, b: gate_tokens(a, b, segment), (x, scale))
+    # and the same values as spreading the parameters over the tokens by hand
+    spread = [torch.stack([v[b, max(int(k), 1) - 1] for k in segment[b]]) for b in range(2) for v in (shift, scale)]
+    by_hand = torch.stack([x[b] * (1 + spread[2 * b + 1]) + spread[2 * b] for b in range(2)])
+    torch.testing.assert_close(modulate_tokens(x, shift, scale, segment), by_hand)
+
+
+def test_packed_rows_give_unpacked_parameter_gradients():
+    cfg = tiny_config()
+    model = randomize(FiT(cfg)).train()
+    model.y_embedder.dropout_prob = 0.0
+    sizes = [(3, 5), (2, 4), (4, 4), (1, 3)]
+    items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in sizes]
+    t, y = torch.rand(4), torch.tensor([1, 2, 3, 10])
+    packed = pack_sequences(items, rows=[[0, 1], [2, 3]], length=24)
+    out = model(packed.x, torch.stack([t[[0, 1]], t[[2, 3]]]), torch.stack([y[[0, 1]], y[[2, 3]]]), packed.grid,
+                packed.mask, packed.size, segment=packed.segment)
+    out.square().sum().backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for i, (tokens, h, w) in enumerate(items):
+        alone = pad_sequences([(tokens, h, w)])
+        model(alone.x, t[i : i + 1], y[i : i + 1], alone.grid, alone.mask, alone.size).square().sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_patchify_roundtrip_and_channel_order():
     img = torch.randn(2, 4, 6, 10)
     tokens = patchify(img, 2)

@@ -3,8 +3,8 @@
 Parameter names follow the released checkpoints (``x_embedder.proj``, ``t_embedder.mlp``,
 ``y_embedder.embedding_table``, ``attn.qkv``, ``mlp.fc1_g`` ...), so those load strictly.
 Conditioning tensors are per image: ``(B, n, ·)`` with n = 1 for an ordinary batch (it
-broadcasts over tokens) or n images per row for packed sequences, where ``tokenwise``
-spreads each image's values over its own tokens.
+broadcasts over tokens) or n images per row for packed sequences, where ``modulate_tokens``
+and ``gate_tokens`` apply each image's values to its own tokens.
 """
 
 from __future__ import annotations
@@ -22,14 +22,60 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
-def tokenwise(values: Tensor, segment: Tensor | None) -> Tensor:
-    """Per-image values (B, n, D) -> per token (B, N, D); unchanged (broadcasting) when n == 1."""
-    if segment is None:
-        return values
-    B, n, D = values.shape
+def _rows(segment: Tensor, n: int) -> Tensor:
+    """Flat index (B·N,) of each token's image in a (B·n, ·) table; padding points at its row's first image."""
+    B = segment.shape[0]
     # Whole rows by index_select: far cheaper than an element-wise gather, forward and backward.
-    rows = (segment - 1).clamp(min=0) + n * torch.arange(B, device=segment.device)[:, None]  # (B, N)
-    return values.reshape(B * n, D).index_select(0, rows.reshape(-1)).reshape(B, -1, D)
+    return ((segment - 1).clamp(min=0) + n * torch.arange(B, device=segment.device)[:, None]).reshape(-1)
+
+
+class _SegmentAffine(torch.autograd.Function):
+    """out = x · (1 + scale)[rows] + shift[rows], or x · gate[rows] (shift None, plus_one False).
+
+    The per-token copies of the per-image parameters are made again in the backward pass
+    instead of being kept: a packed row keeps only x and the (B·n, D) parameters, not the
+    (B, N, D) copies that autograd would save for the broadcast-free multiply."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, shift: Tensor | None, rows: Tensor, plus_one: bool) -> Tensor:
+        factor = scale.index_select(0, rows).view_as(x)
+        if plus_one:
+            factor = factor + 1
+        out = x * factor
+        if shift is not None:
+            out = out + shift.index_select(0, rows).view_as(x)
+        ctx.save_for_backward(x, scale, rows)
+        ctx.plus_one, ctx.has_shift = plus_one, shift is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, scale, rows = ctx.saved_tensors
+        grad_x = grad_scale = grad_shift = None
+        if ctx.needs_input_grad[0]:
+            factor = scale.index_select(0, rows).view_as(x)
+            grad_x = grad * (factor + 1 if ctx.plus_one else factor)
+        flat = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_scale = torch.zeros_like(scale).index_add_(0, rows, (grad * x).reshape_as(flat).to(scale.dtype))
+        if ctx.has_shift and ctx.needs_input_grad[2]:
+            grad_shift = torch.zeros_like(scale).index_add_(0, rows, flat.to(scale.dtype))
+        return grad_x, grad_scale, grad_shift, None, None
+
+
+def modulate_tokens(x: Tensor, shift: Tensor, scale: Tensor, segment: Tensor | None) -> Tensor:
+    """x · (1 + scale) + shift with per-image (B, n, D) parameters spread over the tokens of each image."""
+    if segment is None:
+        return modulate(x, shift, scale)
+    rows = _rows(segment, shift.shape[1])
+    return _SegmentAffine.apply(x, scale.reshape(-1, scale.shape[-1]), shift.reshape(-1, shift.shape[-1]), rows, True)
+
+
+def gate_tokens(h: Tensor, gate: Tensor, segment: Tensor | None) -> Tensor:
+    """gate · h with a per-image (B, n, D) gate spread over the tokens of each image."""
+    if segment is None:
+        return gate * h
+    return _SegmentAffine.apply(h, gate.reshape(-1, gate.shape[-1]), None, _rows(segment, gate.shape[1]), False)
 
 
 class RMSNorm(nn.Module):
@@ -311,12 +357,12 @@ class FiTBlock(nn.Module):
                 cos: Tensor, sin: Tensor, global_mod: Tensor | float = 0.0) -> Tensor:
         """segment: image id per token of packed rows (None: one image per row);
         plan: the attention kernel and mask of this forward pass."""
-        mod = tokenwise(self.adaLN_modulation(c) + global_mod, segment)  # (B, n|N, 6D)
+        mod = self.adaLN_modulation(c) + global_mod  # (B, n, 6D): per image
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        h = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask, plan, cos, sin)
-        x = x + gate_msa * h
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x
+        h = self.attn(modulate_tokens(self.norm1(x), shift_msa, scale_msa, segment), mask, plan, cos, sin)
+        x = x + gate_tokens(h, gate_msa, segment)
+        return x + gate_tokens(self.mlp(modulate_tokens(self.norm2(x), shift_mlp, scale_mlp, segment)), gate_mlp,
+                               segment)
 
 
 class FinalLayer(nn.Module):
@@ -329,5 +375,5 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=adaln_bias))
 
     def forward(self, x: Tensor, c: Tensor, segment: Tensor | None) -> Tensor:
-        shift, scale = tokenwise(self.adaLN_modulation(c), segment).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate_tokens(self.norm_final(x), shift, scale, segment))
