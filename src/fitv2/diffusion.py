@@ -1,13 +1,14 @@
 """DDPM sampling for FiT v1 checkpoints (ε-prediction with a learned-range variance).
 
-FiT v1 (and DiT) was trained as a discrete diffusion model: linear β from 1e-4 to 0.02 over
+FiT v1, like DiT, was trained as a discrete diffusion model: linear β from 1e-4 to 0.02 over
 T = 1000 steps, the network predicting ε and, in its second half of output features, a value
 v ∈ [-1, 1] that interpolates the log variance between the posterior variance β̃_t and β_t
 ("learned range"). It is sampled with ancestral steps on a respaced subset of the timesteps
 (250 for the published numbers), the network seeing the original integer timestep. FiTv2
 models are rectified-flow models and use :mod:`fitv2.sampling` instead.
 
-All schedule arithmetic is in float64, as in the improved-diffusion code the reference uses.
+The schedule is computed in float64 and the steps in the samples' dtype, as in the improved-diffusion
+code the reference uses.
 """
 
 from __future__ import annotations
@@ -73,21 +74,22 @@ class Diffusion:
         )
 
 
-def ddpm_step(x: Tensor, eps: Tensor, var: Tensor | None, i: int, coef: dict[str, Tensor], noise: Tensor) -> Tensor:
+def ddpm_step(x: Tensor, eps: Tensor, var: Tensor | None, i: int, coef: dict[str, Tensor],
+              noise: Tensor | None) -> Tensor:
     """One ancestral step from step i to i − 1 (to x_0 at i = 0, without noise).
 
     eps: predicted noise; var: the learned-range value in [-1, 1] (None: the posterior variance β̃)."""
     c = {k: float(v[i]) for k, v in coef.items()}
-    x0 = c["recip"] * x.double() - c["recipm1"] * eps.double()
-    mean = c["coef_x0"] * x0 + c["coef_xt"] * x.double()
+    x0 = c["recip"] * x - c["recipm1"] * eps.to(x.dtype)
+    mean = c["coef_x0"] * x0 + c["coef_xt"] * x
     if i == 0:
-        return mean.float()
+        return mean
     if var is None:
         std = math.exp(0.5 * c["log_min"])
     else:
-        frac = (var.double() + 1) / 2
+        frac = (var.to(x.dtype) + 1) / 2
         std = torch.exp(0.5 * (frac * c["log_max"] + (1 - frac) * c["log_min"]))
-    return (mean + std * noise.double()).float()
+    return mean + std * noise
 
 
 def ddpm_sample(denoiser, x: Tensor, diffusion: Diffusion, generator: torch.Generator | None = None,
