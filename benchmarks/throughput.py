@@ -2,9 +2,10 @@
 
 A job is (preset, length distributions, images per step, timed steps). For every
 distribution and dtype, one seeded set of images is trained on padded (one row per image,
-padded to the longest) and packed (first-fit rows of L = K × budget tokens, block-diagonal
-attention). A step is forward + flow loss + backward + AdamW; bf16 means autocast around
-forward and loss with fp32 parameters. The modes' timed steps alternate in one process, so
+padded to the longest), packed (first-fit rows of L = K × budget tokens, block-diagonal
+attention) and flat (the whole batch in one row exactly as long as its tokens: no padding).
+A step is forward + flow loss + backward + AdamW; bf16 means autocast around forward and
+loss with fp32 parameters. The modes' timed steps alternate in one process, so
 changes in machine load hit them alike; on CPU each mode's peak RSS comes from a fresh process.
 
 Model FLOPs per step = 3 · 2 · (linear MACs of the valid tokens + attention MACs). "MFU"
@@ -97,8 +98,9 @@ def make_batch(shapes: list[tuple[int, int]], packed: bool, length: int, cfg: Mo
     items = [(torch.randn(h * w, cfg.token_dim, generator=g), h, w) for h, w in shapes]
     labels = torch.randint(cfg.num_classes, (len(items),), generator=g)
     if packed:
-        rows = first_fit_rows([h * w for h, w in shapes], length)
-        tb = pack_sequences(items, rows, length=length)
+        # length 0: the whole batch in one row with no padding (`--pack 0`)
+        rows = first_fit_rows([h * w for h, w in shapes], length) if length else [list(range(len(items)))]
+        tb = pack_sequences(items, rows, length=length or None)
         y = torch.zeros(len(rows), tb.size.shape[1], dtype=torch.long)
         for r, row in enumerate(rows):
             y[r, : len(row)] = labels[row]
@@ -180,8 +182,8 @@ def _trainer(spec: dict) -> tuple[torch.device, ModelConfig, dict, dict]:
     shapes = sample_shapes(spec["dist"], spec["batch"], spec["seed"])
     batches, steps = {}, {}
     for mode in spec["modes"]:
-        packed = mode.startswith("packed")  # "packedK": rows of K × budget tokens
-        length = int(mode[len("packed"):] or 1) * (side // unit) ** 2 if packed else 0
+        packed = mode.startswith("packed") or mode == "flat"  # "packedK": rows of K × budget tokens
+        length = int(mode[len("packed"):] or 1) * (side // unit) ** 2 if mode.startswith("packed") else 0
         inputs, rows = make_batch(shapes, packed, length, cfg, spec["seed"], device)
         segment = inputs.get("segment")
         if segment is None and not bool(inputs["mask"].bool().all()):
@@ -337,7 +339,7 @@ def report(results: list[dict], samples: list[dict], command: str, info: str, lo
     by_key = {(r["preset"], r["dist"], r["dtype"], r["mode"]): r for r in results}
     for (preset, dist, dtype, mode), pk in by_key.items():
         pd = by_key.get((preset, dist, dtype, "padded"))
-        if not mode.startswith("packed") or pd is None:
+        if mode == "padded" or pd is None:
             continue
         speedup, bound = pk["tok_s"] / pd["tok_s"], 1 / (1 - pd["pad"])
         fill = (1 - pk["pad"]) / (1 - pd["pad"])
@@ -373,7 +375,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: fp32,bf16 on CPU, bf16 on CUDA)")
-    p.add_argument("--modes", default="padded,packed", help="padded, packed (L = budget), packedK (L = K·budget)")
+    p.add_argument("--modes", default="padded,packed", 
+                   help="padded, packed (L = budget), packedK (L = K·budget), flat (the batch in one row, no padding)")
     p.add_argument("--attention", default="auto", help="model.attention_backend: auto, sdpa, flex, flash-varlen")
     p.add_argument("--sample", action="append", default=None, metavar="PRESET:BATCH:STEPS",
                    help="sampling runs at 16×16 tokens (default: first preset, batch 8, 50 steps; 'none' skips)")

@@ -118,3 +118,17 @@ def test_ranks_split_the_global_batch(odd_dataset):
     parts = [next(TokenLoader(ds, batch_size=4, seed=1, rank=r, world_size=2)) for r in range(2)]
     assert sorted(whole.labels.tolist()) == sorted(parts[0].labels.tolist() + parts[1].labels.tolist())
     assert whole.labels[0::2].tolist() == parts[0].labels.tolist()
+
+
+@pytest.mark.parametrize("pack", [64, 0])
+def test_packed_batches_hold_the_padded_batch_images(odd_dataset, pack):
+    ds = TokenDataset(odd_dataset[0] / "tokens")
+    padded = next(TokenLoader(ds, batch_size=4, seed=3))
+    packed = next(TokenLoader(ds, batch_size=4, seed=3, pack=pack))
+    valid = int(padded.tokens.mask.sum())
+    assert int(packed.tokens.mask.sum()) == valid
+    if pack == 0:  # one row, exactly as long as the batch's tokens: no padding at all
+        assert packed.tokens.x.shape[:2] == (1, valid) and bool(packed.tokens.mask.all())
+    else:
+        assert packed.tokens.x.shape[1] == pack
+    assert sorted(packed.labels[packed.ids >= 0].tolist()) == sorted(padded.labels.tolist())

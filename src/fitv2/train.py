@@ -77,7 +77,8 @@ class TrainConfig:
     bucket: int = 0
     """Sort chunks of bucket × batch examples by length to reduce padding (0 = off)."""
     pack: int | None = None
-    """Pack examples into rows of this many tokens instead of padding."""
+    """Pack examples into rows of this many tokens instead of padding (first fit, longest first); 0 puts each
+    rank's whole batch in one row with no padding at all, attention staying per image."""
     rope: str = "none"
     """RoPE extrapolation during training, per image (e.g. 'vision-ntk' for high-resolution tuning)."""
     device: str = "auto"

@@ -170,8 +170,12 @@ class TokenLoader:
         labels_t, ids_t = torch.tensor(labels), torch.tensor(mine)
         if self.pack is None:
             return Batch(pad_sequences(items), labels_t, ids_t, len(items))
-        rows = first_fit_rows([h * w for _, h, w in items], self.pack)
-        packed = pack_sequences(items, rows, length=self.pack)
+        if self.pack == 0:  # one row holding the whole batch, exactly as long as its tokens
+            rows = [list(range(len(items)))]
+            packed = pack_sequences(items, rows)
+        else:
+            rows = first_fit_rows([h * w for _, h, w in items], self.pack)
+            packed = pack_sequences(items, rows, length=self.pack)
         row_labels = torch.zeros(len(rows), packed.size.shape[1], dtype=torch.long)
         row_ids = torch.full_like(row_labels, -1)
         for r, row in enumerate(rows):
