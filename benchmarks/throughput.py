@@ -55,7 +55,7 @@ IMAGENET_SIZES = [((500, 375), 0.35), ((375, 500), 0.15), ((500, 333), 0.15), ((
                   ((250, 180), 0.03), ((300, 225), 0.03)]
 GPU_COMMAND = ("python benchmarks/throughput.py --device cuda --dtypes bf16 "
                "--job FiTv2-B/2:imagenet-256,imagenet-1024:64:10 --job FiTv2-XL/2:imagenet-256,imagenet-1024:16:10 "
-               "--modes padded,packed,packed2 --sample FiTv2-B/2:8:50 --sample FiTv2-XL/2:8:50 "
+               "--modes padded,packed,packed2,flat --sample FiTv2-B/2:8:50 --sample FiTv2-XL/2:8:50 "
                "--out benchmarks/results/throughput_gpu.md --json benchmarks/results/throughput_gpu.json")
 # name -> (budget side S in pixels, unit = patch × autoencoder down-sampling)
 DISTS = {"clipart": (64, 4), "clipart-32": (32, 4), "imagenet-256": (256, 16), "imagenet-1024": (512, 16)}
