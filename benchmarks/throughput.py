@@ -375,7 +375,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: fp32,bf16 on CPU, bf16 on CUDA)")
-    p.add_argument("--modes", default="padded,packed", 
+    p.add_argument("--modes", default="padded,packed",
                    help="padded, packed (L = budget), packedK (L = K·budget), flat (the batch in one row, no padding)")
     p.add_argument("--attention", default="auto", help="model.attention_backend: auto, sdpa, flex, flash-varlen")
     p.add_argument("--sample", action="append", default=None, metavar="PRESET:BATCH:STEPS",
