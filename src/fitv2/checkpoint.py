@@ -142,6 +142,12 @@ def read_model_config(directory: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(data["model"])
 
 
+def weights_file(directory: str | Path, weights: str = "ema") -> Path:
+    """The weights file of a checkpoint folder: ``<weights>.safetensors``, else ``model.safetensors``."""
+    file = Path(directory) / f"{weights}.safetensors"
+    return file if file.is_file() else Path(directory) / "model.safetensors"
+
+
 def load_model(path: str | Path, preset: str | None = None, weights: str = "ema",
                device: str | torch.device = "cpu", **overrides: Any) -> FiT:
     """A model from a checkpoint folder of this project (its config.json decides the
@@ -156,9 +162,7 @@ def load_model(path: str | Path, preset: str | None = None, weights: str = "ema"
             raise CheckpointError(f"{path} is not a fitv2 checkpoint folder (no config.json)")
         config = read_model_config(path)
         config = config.replace(**overrides) if overrides else config
-        file = path / f"{weights}.safetensors"
-        if not file.is_file():
-            file = path / "model.safetensors"
+        file = weights_file(path, weights)
     else:
         if preset is None:
             raise CheckpointError(f"{path} is a bare weights file: name its preset (e.g. FiTv2-XL/2)")

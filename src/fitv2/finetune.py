@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_weights, read_model_config, read_state_dict
+from .checkpoint import CheckpointError, load_weights, read_model_config, read_state_dict, weights_file
 from .config import ModelConfig
 
 PARTIAL_KEYS = ("x_embedder", "bias", "adaLN_modulation", "final_layer")
@@ -47,10 +47,7 @@ def source_config(init_from: str) -> ModelConfig | None:
 def load_pretrained(model: nn.Module, init_from: str, weights: str = "ema", reinit_unfrozen: bool = False,
                     mode: str = "partial") -> None:
     """Load a checkpoint folder's (EMA) weights or a released weights file into ``model``, strictly."""
-    path = Path(init_from)
-    if path.is_dir():
-        file = path / f"{weights}.safetensors"
-        path = file if file.is_file() else path / "model.safetensors"
+    path = weights_file(init_from, weights) if Path(init_from).is_dir() else Path(init_from)
     if not path.exists():
         raise CheckpointError(f"pretrained weights not found: {init_from}")
     state = read_state_dict(path)
