@@ -57,7 +57,7 @@ def test_sample_sizes_aspect_ratios_and_outputs(trained, tmp_path):
     (["--sizes", "30x32"], "size 30x32 is not possible: height and width must be positive multiples of 4 px"),
     (["--sizes", "32by32"], "is not HEIGHTxWIDTH"),
     (["--labels", "7"], "out of range 0..2"),
-    (["--rope", "warp"], "unknown RoPE extrapolation"),
+    (["--rope", "warp"], "invalid choice: 'warp'"),
 ])
 def test_bad_requests_exit_2_with_one_line(trained, tmp_path, args, message):
     ckpt = trained / "run" / "checkpoints" / "step_0000006"

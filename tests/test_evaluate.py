@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -12,9 +11,10 @@ import torch
 from imagegen import make_class_folder, shapes_image
 from PIL import Image
 
+from fitv2.cli import build_parser
 from fitv2.eval import inception as inception_module
 from fitv2.eval.classifier import ClassifierConfig, train_classifier
-from fitv2.eval.commands import default_json_path, format_table, register
+from fitv2.eval.commands import default_json_path, format_table
 from fitv2.eval.evaluate import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -187,9 +187,7 @@ def test_inception_features_run(setup, tmp_path, monkeypatch):
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fitv2")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .config import ModelConfig, model_config
+from .errors import MissingFileError, UserError
 from .model.fit import FiT
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -28,27 +31,55 @@ _WRAPPER_KEYS = ("ema", "model", "state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's contents to the disk (a folder: its entries, e.g. after a rename)."""
+    if Path(path).is_dir() and os.name == "nt":
+        return  # Windows cannot open a folder for fsync, and its renames need none
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see half a file.
+
+    The file is on the disk before the rename and the rename after it (else a crash can leave a
+    complete name over empty data), and gets the permissions of a plain ``open`` (mkstemp: 0600).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_path(path.parent)
 
 
 def save_tensors(tensors: dict[str, Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_json(data: Any, path: str | Path) -> None:
@@ -71,14 +102,17 @@ def read_state_dict(path: str | Path, entry: str | None = None) -> dict[str, Ten
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    elif path.suffix in PICKLE_SUFFIXES:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # an unsafe or broken pickle
-            raise CheckpointError(f"cannot read {path} with weights_only=True: {err}") from err
+            state = load_file(str(path))
+        except Exception as err:  # safetensors' own error type is not part of its API
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or not safetensors: "
+                                  f"{_first_line(err)})") from None
+    elif path.suffix in PICKLE_SUFFIXES:
+        state = load_pickle(path)
     else:
         raise CheckpointError(f"unknown checkpoint format {path.suffix!r} (use .safetensors, .bin or .pt)")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
     if not all(isinstance(v, Tensor) for v in state.values()):
         names = [entry] if entry else [k for k in _WRAPPER_KEYS if k in state]
         if not names or names[0] not in state:
@@ -88,6 +122,28 @@ def read_state_dict(path: str | Path, entry: str | None = None) -> dict[str, Ten
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def load_pickle(path: str | Path) -> Any:
+    """A PyTorch pickle read with ``weights_only=True``: tensors and plain containers, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's own message suggests weights_only=False, i.e. running whatever the file holds
+        text = str(err)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n.]+)", text)
+        what = (f" (it references {found.group(1)})" if found else
+                f" ({detail.group(1).strip()})" if detail else "")
+        raise CheckpointError(f"{path} contains code or Python objects beyond tensors{what}; it will not be "
+                              "unpickled, for safety. Convert it to .safetensors in an environment you trust") from None
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointError(f"cannot read {path}: not an intact PyTorch file ({_first_line(err)})") from None
 
 
 def _listing(keys: list[str], limit: int = 12) -> str:
@@ -137,9 +193,28 @@ def save_model_dir(directory: str | Path, config: ModelConfig, weights: dict[str
     return directory
 
 
+def read_config_json(directory: str | Path) -> dict[str, Any]:
+    """A checkpoint folder's config.json, or a CheckpointError that says what is wrong with it."""
+    file = Path(directory) / "config.json"
+    if not file.is_file():
+        raise CheckpointError(f"{directory} is not a fitv2 checkpoint folder (no config.json)")
+    try:
+        data = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({_first_line(err)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise CheckpointError(f"{file} holds no model config")
+    return data
+
+
 def read_model_config(directory: str | Path) -> ModelConfig:
-    data = json.loads((Path(directory) / "config.json").read_text())
-    return ModelConfig.from_dict(data["model"])
+    file = Path(directory) / "config.json"
+    try:
+        return ModelConfig.from_dict(read_config_json(directory)["model"])
+    except CheckpointError:
+        raise
+    except (UserError, TypeError) as err:
+        raise CheckpointError(f"{file}: {err}") from None
 
 
 def weights_file(directory: str | Path, weights: str = "ema") -> Path:
@@ -157,9 +232,9 @@ def load_model(path: str | Path, preset: str | None = None, weights: str = "ema"
     overrides: ModelConfig fields to change (e.g. num_classes for a released checkpoint).
     """
     path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"checkpoint not found: {path}")
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} is not a fitv2 checkpoint folder (no config.json)")
         config = read_model_config(path)
         config = config.replace(**overrides) if overrides else config
         file = weights_file(path, weights)

@@ -16,6 +16,9 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError, UnknownNameError
+from .schema import check_fields
+
 MLP_KINDS = ("swiglu", "swiglu-large", "gelu")
 ADALN_KINDS = ("lora", "full")
 QK_NORM_KINDS = (None, "layernorm", "rmsnorm")
@@ -75,16 +78,26 @@ class ModelConfig:
     """Recompute block activations in the backward pass to save memory."""
 
     def __post_init__(self) -> None:
-        if self.mlp not in MLP_KINDS:
-            raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
-        if self.adaln not in ADALN_KINDS:
-            raise ValueError(f"adaln must be one of {ADALN_KINDS}, got {self.adaln!r}")
-        if self.qk_norm not in QK_NORM_KINDS:
-            raise ValueError(f"qk_norm must be one of {QK_NORM_KINDS}, got {self.qk_norm!r}")
+        # Types first: a JSON or KEY=VALUE 'abc' for an int field is an error, not a crash later.
+        check_fields(self, label=lambda name: f"model {name}")
+        for name, kinds in (("mlp", MLP_KINDS), ("adaln", ADALN_KINDS), ("qk_norm", QK_NORM_KINDS)):
+            if getattr(self, name) not in kinds:
+                raise ConfigError(f"model {name} must be one of {kinds}; got {getattr(self, name)!r}")
+        positive = ("patch_size", "in_channels", "hidden_size", "depth", "num_heads", "num_classes", "rope_train_len")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model {name} must be at least 1; got {getattr(self, name)}")
+        for name in ("mlp_ratio", "rope_theta", "time_shifting"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model {name} must be positive; got {getattr(self, name)}")
+        if not 0 <= self.class_dropout_prob < 1:
+            raise ConfigError(f"model class_dropout_prob must be in [0, 1); got {self.class_dropout_prob}")
+        if self.adaln_lora_dim is not None and self.adaln_lora_dim < 1:
+            raise ConfigError(f"model adaln_lora_dim must be at least 1; got {self.adaln_lora_dim}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 4:
-            raise ValueError(f"head_dim {self.head_dim} must be divisible by 4 for 2D RoPE")
+            raise ConfigError(f"head_dim {self.head_dim} (hidden_size / num_heads) must be divisible by 4 for 2D RoPE")
 
     @property
     def head_dim(self) -> int:
@@ -111,7 +124,8 @@ class ModelConfig:
     def replace(self, **overrides: Any) -> ModelConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(f.name for f in dataclasses.fields(self))}")
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +136,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
         return cls(**data)
 
     def to_json(self) -> str:
@@ -178,14 +192,18 @@ def preset_names() -> list[str]:
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of a named preset, with field overrides applied."""
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise UnknownNameError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown:
+        raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}; known: "
+                          f"{', '.join(f.name for f in dataclasses.fields(ModelConfig))}")
     return ModelConfig(name=name, **{**PRESETS[name], **overrides})
 
 
 def ablation_config(row: str, base: str = "FiTv2-B/2", **overrides: Any) -> tuple[ModelConfig, dict[str, Any]]:
     """Model config and training settings of a Table II row ('A'..'F') on a base preset's width."""
     if row not in ABLATIONS:
-        raise KeyError(f"unknown ablation row {row!r}; choose one of: {', '.join(ABLATIONS)}")
+        raise UnknownNameError(f"unknown ablation row {row!r}; choose one of: {', '.join(ABLATIONS)}")
     spec = ABLATIONS[row]
     cfg = model_config(base, **{**spec["model"], **overrides})
     return cfg, dict(spec["train"])

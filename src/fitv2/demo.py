@@ -106,17 +106,35 @@ def run_demo(cfg: DemoConfig) -> Path:
                title=f"{per_class} samples per class at {cfg.budget}x{cfg.budget}").save(out / "samples_square.png")
     timings["sample"] = time.perf_counter() - t0
 
-    log = [json.loads(line) for line in (out / "run" / "log.jsonl").open()]
+    log_file = out / "run" / "log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines() if line] if log_file.is_file() else []
     loss_curve([r["step"] for r in log], [r["loss"] for r in log], title="demo training loss").save(out / "loss.png")
     _report(out, cfg, result, timings, log, sampler)
     return out
 
 
+def _loss_summary(log: list[dict]) -> str:
+    """The loss at the start and at the end of training, from however many log rows there are."""
+    if not log:
+        return "Loss: not logged (the run ended before its first log row)."
+    if len(log) == 1:
+        return f"Loss: {log[0]['loss']:.4f} (the only log row, step {log[0]['step']})."
+    head, tail = max(1, min(5, len(log) // 2)), max(1, min(20, len(log) // 2))
+    first = np.mean([r["loss"] for r in log[:head]])
+    final = np.mean([r["loss"] for r in log[-tail:]])
+    return (f"Loss: {first:.4f} (mean of the first {head} log rows) -> {final:.4f} (mean of the last {tail}), "
+            f"{len(log)} rows.")
+
+
 def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: list[dict], sampler) -> None:
-    last = log[-1]
-    first = np.mean([r["loss"] for r in log[:5]])
-    final = np.mean([r["loss"] for r in log[-20:]])
     params = sum(p.numel() for p in sampler.model.parameters())
+    if log:
+        last = log[-1]
+        progress = (f"{last['images']:,.0f} images, {last['tokens']:,.0f} tokens, "
+                    f"{result.tokens_per_s:,.0f} valid tokens/s on average, padding {last['padding']:.1%} of "
+                    "computed tokens.")
+    else:
+        progress = f"{result.tokens_per_s:,.0f} valid tokens/s on average."
     lines = [
         "# fitv2 demo report", "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
@@ -127,9 +145,8 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
         "| stage | wall time |", "|---|---|",
         *[f"| {k} | {v / 60:.1f} min ({v:.0f} s) |" for k, v in timings.items()],
         f"| total | {sum(timings.values()) / 60:.1f} min |", "",
-        f"Training: {result.step} steps, {last['images']:,.0f} images, {last['tokens']:,.0f} tokens, "
-        f"{result.tokens_per_s:,.0f} valid tokens/s on average, padding {last['padding']:.1%} of computed tokens.",
-        f"Loss: {first:.4f} (first 5 logs) -> {final:.4f} (mean of the last 20 logs).", "",
+        f"Training: {result.step} step{'s' if result.step != 1 else ''}, {progress}",
+        _loss_summary(log), "",
         f"Sampling: Euler, {cfg.steps} steps, classifier-free guidance {cfg.cfg_scale}.", "",
         "| size (px) | tokens | RoPE | note |", "|---|---|---|---|",
         *[f"| {h}x{w} | {(h // 4) * (w // 4)} | {rope} | {note} |" for h, w, rope, note in demo_sizes(cfg.budget)], "",

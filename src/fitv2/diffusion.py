@@ -14,10 +14,26 @@ code the reference uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .errors import ConfigError
+
+# One generator for a batch, or one per sample (along dim 0); None: the global generator.
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def gaussian(shape: Sequence[int], generator: Generators = None) -> Tensor:
+    """Standard normal float32 values on the CPU. With a sequence of generators, row i (along dim 0)
+    is drawn from generator i alone, so it is the same whatever the other rows are."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for {shape[0]} samples")
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generator])
 
 
 def linear_betas(num_steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:
@@ -30,7 +46,7 @@ def respaced_timesteps(num_steps: int, count: int) -> list[int]:
     """``count`` timesteps spread evenly over [0, num_steps − 1] (improved-diffusion's
     ``space_timesteps(num_steps, str(count))``: one section, rounded fractional stride)."""
     if not 1 <= count <= num_steps:
-        raise ValueError(f"DDPM steps must be between 1 and {num_steps}, got {count}")
+        raise ConfigError(f"DDPM steps must be between 1 and {num_steps}, got {count}")
     if count == 1:
         return [0]
     stride, position, taken = (num_steps - 1) / (count - 1), 0.0, set()
@@ -92,13 +108,14 @@ def ddpm_step(x: Tensor, eps: Tensor, var: Tensor | None, i: int, coef: dict[str
     return mean + std * noise
 
 
-def ddpm_sample(denoiser, x: Tensor, diffusion: Diffusion, generator: torch.Generator | None = None,
-                progress: bool = False) -> Tensor:
+def ddpm_sample(denoiser, x: Tensor, diffusion: Diffusion, generator: Generators = None,
+                progress: bool = False, on_step: Callable[[], None] | None = None) -> Tensor:
     """Run the reverse chain from x (pure noise) at the last step down to x_0.
 
     denoiser(x, timestep, flow_t) → (eps, var or None), where timestep is the original integer step
     (B,) and flow_t = 1 − timestep / T is the same point on FiTv2's 0 (noise) → 1 (data) time axis,
-    for guidance schedules and intervals."""
+    for guidance schedules and intervals. generator: see :data:`Generators`; on_step: called after
+    each step."""
     from tqdm import tqdm
 
     coef = diffusion.posterior()
@@ -106,6 +123,8 @@ def ddpm_sample(denoiser, x: Tensor, diffusion: Diffusion, generator: torch.Gene
     for i in tqdm(steps, desc="ddpm", unit="step", disable=not progress, leave=False):
         timestep = diffusion.timestep_map[i].to(x.device).float().expand(x.shape[0])
         eps, var = denoiser(x, timestep, 1 - float(diffusion.timestep_map[i]) / diffusion.num_steps)
-        noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device) if i > 0 else None
+        noise = gaussian(x.shape, generator).to(x.device) if i > 0 else None
         x = ddpm_step(x, eps, var, i, coef, noise)
+        if on_step:
+            on_step()
     return x

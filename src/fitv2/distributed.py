@@ -126,6 +126,15 @@ def any_true(env: Env, flag: bool) -> bool:
     return all_sum(env, float(flag)) > 0
 
 
+def broadcast_object(env: Env, obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (a picklable value; the others pass anything)."""
+    if not env.distributed:
+        return obj
+    box = [obj if env.is_main else None]
+    tdist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
+    return box[0]
+
+
 def barrier(env: Env) -> None:
     if env.distributed:
         tdist.barrier()

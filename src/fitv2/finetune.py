@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_weights, read_model_config, read_state_dict, weights_file
+from .checkpoint import load_weights, read_model_config, read_state_dict, weights_file
 from .config import ModelConfig
+from .errors import ConfigError, MissingFileError
 
 PARTIAL_KEYS = ("x_embedder", "bias", "adaLN_modulation", "final_layer")
 FINETUNE_MODES = ("full", "partial")
@@ -32,24 +33,31 @@ def unfrozen(name: str, mode: str) -> bool:
 def apply_finetune(model: nn.Module, mode: str) -> int:
     """Freeze what ``mode`` does not train; returns the number of trainable parameters."""
     if mode not in FINETUNE_MODES:
-        raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {mode!r}")
+        raise ConfigError(f"finetune must be one of {', '.join(FINETUNE_MODES)}; got {mode!r}")
     for name, p in model.named_parameters():
         p.requires_grad_(unfrozen(name, mode))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def source_config(init_from: str) -> ModelConfig | None:
-    """The architecture of a checkpoint folder (None for a bare weights file)."""
+    """The architecture of a checkpoint folder, checked like any model config (None for a bare weights file)."""
     path = Path(init_from)
+    if not path.exists():
+        raise MissingFileError(f"--init-from weights not found: {init_from}")
     return read_model_config(path) if path.is_dir() else None
 
 
 def load_pretrained(model: nn.Module, init_from: str, weights: str = "ema", reinit_unfrozen: bool = False,
                     mode: str = "partial") -> None:
     """Load a checkpoint folder's (EMA) weights or a released weights file into ``model``, strictly."""
+    if mode not in FINETUNE_MODES:
+        raise ConfigError(f"finetune must be one of {', '.join(FINETUNE_MODES)}; got {mode!r}")
+    if reinit_unfrozen and mode != "partial":
+        raise ConfigError(f"reinit_unfrozen re-initialises the subset that partial fine-tuning trains; with "
+                          f"mode={mode!r} that would be the whole model: use mode='partial'")
     path = weights_file(init_from, weights) if Path(init_from).is_dir() else Path(init_from)
     if not path.exists():
-        raise CheckpointError(f"pretrained weights not found: {init_from}")
+        raise MissingFileError(f"pretrained weights not found: {path}")
     state = read_state_dict(path)
     if reinit_unfrozen:  # keep the fresh initialisation of the subset that will be trained
         fresh = model.state_dict()

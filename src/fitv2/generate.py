@@ -1,7 +1,9 @@
 """Sample images to files: PNGs per size, an ADM-style ``.npz`` per size, one grid across sizes.
 
 Sizes are in pixels, ``HEIGHTxWIDTH``; they must be multiples of patch × autoencoder
-down-sampling (16 for SD-VAE latents with patch 2).
+down-sampling (16 for SD-VAE latents with patch 2). Before sampling a size, the peak memory
+it needs is estimated and compared with what the device has free (:func:`estimate_memory`,
+:func:`check_memory`).
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_model
 from .data.autoencoder import Autoencoder, load_autoencoder, to_uint8
+from .errors import ConfigError, UserError
 from .model.fit import FiT
-from .model.rope import RopeScaling
+from .model.flops import inference_activation_bytes
+from .model.rope import NAMED_SCALINGS, RopeScaling
 from .plot import image_grid
 from .sampling import Guidance, SolverConfig, sample_tokens
 from .tokens import unpatchify
 
 
-class SizeError(ValueError):
+class SizeError(UserError):
     """A requested image size the model cannot produce."""
 
 
@@ -49,36 +53,190 @@ def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
                     f"{unit} px (patch × autoencoder down-sampling); try {near(height)} x {near(width)}")
 
 
+def sample_generators(seed: int, height: int, width: int, indices) -> list[torch.Generator]:
+    """One generator per sample, seeded from (seed, height, width, index) alone."""
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, height, width, int(i)])
+                                               .generate_state(1, np.uint64)[0])) for i in indices]
+
+
+# Values (B, N, token features) a solver keeps besides the model's own: state, velocities, stages.
+_SOLVER_COPIES = {"euler": 6, "heun": 8, "sde": 10, "ddpm": 8}
+_ADAPTIVE_COPIES = 16
+# Allocator slack and kernel workspaces, seen as a constant in measured peaks.
+_SLACK = 32 * 2**20
+MiB = 2**20
+
+
+def _bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / MiB:.0f} MiB"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Peak memory of sampling one batch at one size, beyond the loaded weights (bytes)."""
+
+    height: int
+    width: int
+    batch_size: int
+    model: int  # activations of one model call (on a doubled batch with guidance)
+    solver: int  # solver state and guidance combination
+    decode: int  # decoding one image
+    images: int  # the uint8 images of the size, kept and then concatenated
+    rows: int  # rows of a model call: batch_size, doubled with guidance
+
+    @property
+    def total(self) -> int:
+        # The model's activations are freed before decoding starts.
+        return max(self.model + self.solver, self.decode) + self.images + _SLACK
+
+    @property
+    def per_image(self) -> int:
+        """What each image of the batch adds to the sampling peak."""
+        return -(-(self.model + self.solver) // self.batch_size)
+
+    def describe(self) -> str:
+        rows = f"a batch of {self.batch_size}" + (", doubled by guidance" if self.rows > self.batch_size else "")
+        return (f"{_bytes(self.total)} (model activations {_bytes(self.model)} for {rows}, solver "
+                f"{_bytes(self.solver)}, decoding one image {_bytes(self.decode)}, images {_bytes(self.images)})")
+
+
+def decode_bytes(autoencoder: Autoencoder, height: int, width: int) -> int:
+    """Peak memory of decoding one image of height × width pixels."""
+    pixels = height * width
+    vae = getattr(autoencoder, "vae", None)
+    if vae is None:  # pixel space: a clamp and the uint8 conversion
+        return 48 * pixels
+    # A diffusers decoder peaks in its full-resolution block: the up-sampled input of the second
+    # level's channels, its norm and activation (measured: ~4 KB per pixel for SD-VAE, 256 channels).
+    channels = list(vae.config.block_out_channels)
+    return 16 * (channels[1] if len(channels) > 1 else channels[0]) * pixels
+
+
+def estimate_memory(model: FiT, autoencoder: Autoencoder, height: int, width: int, batch_size: int,
+                    solver: SolverConfig = SolverConfig(), guidance: Guidance = Guidance(),
+                    num_images: int | None = None) -> MemoryEstimate:
+    """The peak memory of :meth:`Sampler.generate` for one batch at height × width pixels, from the
+    model's activations for the batch's tokens (doubled by guidance; sampling rows are never
+    padded, so attention needs no N × N scores), the solver state, decoding one image and the
+    ``num_images`` (default ``batch_size``) uint8 results."""
+    cfg = model.config
+    unit = cfg.patch_size * autoencoder.downsample
+    tokens = (height // unit) * (width // unit)
+    rows = batch_size * (2 if guidance.doubles_batch else 1)
+    value_bytes = next(model.parameters()).element_size()
+    activations = inference_activation_bytes(cfg, rows, tokens, value_bytes=value_bytes)
+    copies = _SOLVER_COPIES.get(solver.solver, _ADAPTIVE_COPIES)
+    solver_bytes = copies * rows * tokens * cfg.token_dim * 4
+    images = 2 * (num_images or batch_size) * height * width * 3
+    return MemoryEstimate(height, width, batch_size, activations, solver_bytes,
+                          decode_bytes(autoencoder, height, width), images, rows)
+
+
+def _cgroup_free() -> int | None:
+    """Room left under a cgroup v2 memory limit (page cache that can be dropped counts as free)."""
+    root = Path("/sys/fs/cgroup")
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        used = int((root / "memory.current").read_text())
+        stat = dict(line.split() for line in (root / "memory.stat").read_text().splitlines())
+        return int(limit) - used + int(stat.get("inactive_file", 0))
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: torch.device | str) -> int | None:
+    """Bytes free for new tensors on ``device``, or None where that is unknown. CPU: MemAvailable
+    (and a cgroup limit, if lower); CUDA: free device memory plus what torch holds cached."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type != "cpu":
+        return None
+    free = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                free = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        free = None
+    limited = _cgroup_free()
+    if limited is not None:
+        free = limited if free is None else min(free, limited)
+    return free
+
+
+class SampleMemoryError(UserError):
+    """Sampling a size would need more memory than the device has free."""
+
+
+def check_memory(estimate: MemoryEstimate, device: torch.device | str, force: bool = False,
+                 free: int | None = None) -> None:
+    """Raise a UserError when ``estimate`` exceeds the free memory of ``device`` (``free``: that
+    amount, if already known); nothing when ``force``, or when the free memory is unknown."""
+    if force:
+        return
+    free = available_memory(device) if free is None else free
+    if free is None or estimate.total <= free:
+        return
+    room = free - estimate.images - _SLACK
+    if estimate.decode > room:
+        advice = f"decoding one image alone needs {_bytes(estimate.decode)}: choose a smaller size"
+    elif room >= estimate.per_image:
+        advice = f"a batch size of at most {room // estimate.per_image} fits"
+    else:
+        advice = "not even a batch of one fits: choose a smaller size"
+    raise SampleMemoryError(f"sampling {estimate.height}x{estimate.width} needs about {estimate.describe()}, but "
+                            f"only {_bytes(free)} is free on {torch.device(device)}; {advice}, or force it (--force)")
+
+
 @dataclass
 class Sampler:
-    """A model with its autoencoder and class names, ready to generate."""
+    """A model with its autoencoder and class names, ready to generate.
+
+    training_rope: the RoPE extrapolation the weights were trained with (a name of
+    :data:`fitv2.model.rope.NAMED_SCALINGS`; 'none' for released weights or when not recorded), the
+    natural default for sampling them: e.g. 'vision-ntk' after high-resolution post-training.
+    """
 
     model: FiT
     autoencoder: Autoencoder
     class_names: list[str]
+    training_rope: str = "none"
 
     @property
     def unit(self) -> int:
         return self.model.config.patch_size * self.autoencoder.downsample
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @classmethod
     def load(cls, checkpoint: str | Path, preset: str | None = None, weights: str = "ema",
              autoencoder: str | None = None, device: str = "cpu", **overrides) -> Sampler:
         path = Path(checkpoint)
         if path.is_dir() and (path / "config.json").is_file():
-            meta = json.loads((path / "config.json").read_text()).get("dataset", {})
+            saved = json.loads((path / "config.json").read_text())
+            meta = saved.get("dataset", {})
         elif path.is_dir():
             raise CheckpointError(f"{path} is not a checkpoint folder (no config.json)")
         else:
-            meta = {}
+            saved, meta = {}, {}
+        rope = (saved.get("train") or {}).get("rope") or "none"
+        if not isinstance(rope, str) or rope.lower() not in NAMED_SCALINGS:
+            raise CheckpointError(f"{path / 'config.json'} records training RoPE {rope!r}, which is not one of: "
+                                  f"{', '.join(NAMED_SCALINGS)}")
         model = load_model(path, preset=preset, weights=weights, device=device, **overrides)
-        ae = load_autoencoder(autoencoder if autoencoder is not None else meta.get("autoencoder"), device=device)
+        ae = load_autoencoder(autoencoder, device=device, recorded=meta.get("autoencoder"))
         channels = model.config.in_channels
         if ae.channels != channels:
-            raise ValueError(f"the model works on {channels}-channel inputs but the {ae.name} autoencoder has "
+            raise UserError(f"the model works on {channels}-channel inputs but the {ae.name} autoencoder has "
                              f"{ae.channels}; pass --autoencoder (a VAE folder, or 'pixel')")
         names = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
-        return cls(model, ae, names)
+        return cls(model, ae, names, rope.lower())
 
     def labels(self, per_class: int | None = None, num: int | None = None, labels: list[int] | None = None,
                seed: int = 0) -> torch.Tensor:
@@ -86,27 +244,68 @@ class Sampler:
         if labels:
             bad = [y for y in labels if not 0 <= y < k]
             if bad:
-                raise ValueError(f"class label(s) {bad} out of range 0..{k - 1}")
+                raise ConfigError(f"class label(s) {bad} out of range 0..{k - 1}")
             return torch.tensor(labels)
         if per_class:
             return torch.arange(k).repeat_interleave(per_class)
         return torch.randint(0, k, (num or 8,), generator=torch.Generator().manual_seed(seed))
 
+    def estimate_memory(self, height: int, width: int, batch_size: int, solver: SolverConfig = SolverConfig(),
+                        guidance: Guidance = Guidance(), num_images: int | None = None) -> MemoryEstimate:
+        """See :func:`estimate_memory`."""
+        check_size(height, width, self.unit)
+        return estimate_memory(self.model, self.autoencoder, height, width, batch_size, solver, guidance, num_images)
+
+    def check_memory(self, sizes: list[tuple[int, int]], batch_size: int, guidance: Guidance = Guidance(),
+                     solver: SolverConfig = SolverConfig(), *, num_images: int | None = None,
+                     force: bool = False) -> list[MemoryEstimate]:
+        """Check every size (pixels) before any sampling: a SizeError for a size the model cannot
+        make, a UserError naming the estimate and the free memory for one that would not fit
+        (unless ``force``). ``batch_size``: images per model call (at most the number of images)."""
+        estimates = []
+        free = None if force else available_memory(self.device)
+        for height, width in sizes:
+            estimate = self.estimate_memory(height, width, batch_size, solver, guidance, num_images)
+            check_memory(estimate, self.device, force, free)
+            estimates.append(estimate)
+        return estimates
+
     @torch.no_grad()
     def generate(self, height: int, width: int, labels: torch.Tensor, solver: SolverConfig = SolverConfig(),
                  guidance: Guidance = Guidance(), rope: RopeScaling | None = None, seed: int = 0,
-                 batch_size: int = 64, progress: bool = True) -> np.ndarray:
-        """uint8 images (N, H, W, 3); the noise of sample i depends only on (seed, size, i)."""
+                 batch_size: int = 64, progress: bool = True, force: bool = False) -> np.ndarray:
+        """uint8 images (N, H, W, 3).
+
+        Sample i's noise (initial and, for SDE and DDPM, every step's) comes from its own generator
+        seeded by (seed, height, width, i), and images are decoded one at a time, so with the fixed-step
+        solvers (euler, heun, sde, ddpm) image i depends only on (seed, size, i, its label), not on
+        batch_size or the other labels, up to float rounding: BLAS picks its kernels by the number of
+        rows, so a batch of 1 and one of 5 may differ in the last bit, which moves a rare pixel by one
+        level. Adaptive solvers (dopri5, ...) choose their steps from the error of the whole batch, so
+        there images agree across batch sizes only to the solver tolerance.
+        Checks the memory first (unless ``force``); ``progress``: one bar over the solver steps of all
+        batches."""
         h, w = check_size(height, width, self.unit)
+        batch_size = max(1, min(batch_size, len(labels)))
+        check_memory(self.estimate_memory(height, width, batch_size, solver, guidance, len(labels)), self.device,
+                     force)
         p = self.model.config.patch_size
-        out = []
         batches = range(0, len(labels), batch_size)
-        for start in tqdm(batches, desc=f"{height}x{width}", unit="batch", disable=not progress or len(batches) < 2):
-            chunk = labels[start : start + batch_size]
-            g = torch.Generator().manual_seed(seed * 1_000_003 + height * 1009 + width + start)
-            tokens = sample_tokens(self.model, h, w, chunk, solver=solver, guidance=guidance, rope=rope, generator=g)
-            latents = unpatchify(tokens, h, w, p)
-            out.append(to_uint8(self.autoencoder.decode(latents)).numpy())
+        per_batch = solver.progress_steps
+        bar = tqdm(total=per_batch * len(batches) if per_batch else None, desc=f"{height}x{width}",
+                   unit="step" if per_batch else "eval", disable=not progress)
+        out = []
+        with bar:
+            for n, start in enumerate(batches, 1):
+                chunk = labels[start : start + batch_size]
+                bar.set_postfix_str(f"batch {n}/{len(batches)}")
+                generators = sample_generators(seed, height, width, range(start, start + len(chunk)))
+                tokens = sample_tokens(self.model, h, w, chunk, solver=solver, guidance=guidance, rope=rope,
+                                       generator=generators, on_step=bar.update)
+                latents = unpatchify(tokens, h, w, p)
+                # One image at a time: decoding dominates memory at large sizes, and an image's
+                # pixels stay the same whatever batch it was sampled in.
+                out.extend(to_uint8(self.autoencoder.decode(latent[None])).numpy() for latent in latents)
         return np.concatenate(out)
 
 

@@ -5,18 +5,25 @@ Integration runs from t = 0 (Gaussian noise) to t = 1 (data) in float32. Solvers
 ``dopri5`` (adaptive; the paper's choice), and ``sde`` (Euler–Maruyama with the
 reference's diffusion forms and last step). FiT v1 models, trained as discrete DDPM models,
 take ``ddpm`` (ancestral steps on a respaced schedule, :mod:`fitv2.diffusion`).
+
+Random draws (the initial noise, SDE and DDPM step noise) come from one generator for the
+batch, or from one generator per sample (a sequence), so that a sample's draws do not depend
+on which other samples share its batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from .diffusion import Diffusion, Generators, ddpm_sample, gaussian
+from .errors import ConfigError
 from .model.rope import RopeScaling
-from .tokens import TokenBatch, size_batch
+from .tokens import TokenBatch, make_grid
 
 GUIDED_CHANNELS = ("all", "reference")
 GUIDANCE_SCHEDULES = ("constant", "power-cos")
@@ -44,12 +51,17 @@ class Guidance:
 
     def __post_init__(self) -> None:
         if self.channels not in GUIDED_CHANNELS:
-            raise ValueError(f"guidance channels must be one of {GUIDED_CHANNELS}, got {self.channels!r}")
+            raise ConfigError(f"guidance channels must be one of {GUIDED_CHANNELS}, got {self.channels!r}")
         if self.schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"guidance schedule must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"guidance schedule must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}")
         lo, hi = self.interval
         if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
+            raise ConfigError(f"guidance interval must satisfy 0 <= lo <= hi <= 1, got {self.interval}")
+
+    @property
+    def doubles_batch(self) -> bool:
+        """Whether model calls run the conditional and unconditional halves as one doubled batch."""
+        return self.scale != 1.0
 
     def active(self, t: float) -> bool:
         lo, hi = self.interval
@@ -134,7 +146,8 @@ class SolverConfig:
     """How to integrate. ``steps`` = solver steps on a uniform grid (Euler: one model call
     each, Heun: two; SDE: steps − 1 Euler–Maruyama steps plus the last step; DDPM: respaced
     timesteps, 250 for FiT v1's published numbers); adaptive torchdiffeq methods ignore it and
-    use atol/rtol."""
+    use atol/rtol. ``sample_eps``: where the SDE grid starts for the SBDM diffusion form, whose
+    w(t) = (1 − t)/t is infinite at t = 0 (the reference starts there too when sample_eps > 0)."""
 
     solver: str = "euler"
     steps: int = 50
@@ -144,38 +157,69 @@ class SolverConfig:
     diffusion_norm: float = 1.0
     last_step: str = "Mean"
     last_step_size: float = 0.04
+    sample_eps: float = 1e-3
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if self.solver == "sde":
             if self.diffusion_form not in SDE_DIFFUSIONS:
-                raise ValueError(f"diffusion form must be one of {SDE_DIFFUSIONS}")
+                raise ConfigError(f"diffusion form must be one of {SDE_DIFFUSIONS}, got {self.diffusion_form!r}")
             if self.last_step not in LAST_STEPS:
-                raise ValueError(f"last step must be one of {LAST_STEPS}")
+                raise ConfigError(f"last step must be one of {LAST_STEPS}, got {self.last_step!r}")
+            if self.steps < 2:
+                raise ConfigError("the SDE sampler needs steps >= 2 (steps − 1 Euler–Maruyama steps, then the "
+                                  f"last step); got {self.steps}")
+            if not 0.0 <= self.last_step_size < 1.0:
+                raise ConfigError(f"SDE last step size must be in [0, 1), got {self.last_step_size}")
+            if self.diffusion_form == "SBDM" and not 0.0 < self.sample_eps < 1.0 - self.last_step_size:
+                raise ConfigError("the SBDM diffusion form needs 0 < sample_eps < 1 − last step size (its w(t) "
+                                  f"is infinite at t = 0); got {self.sample_eps}")
+
+    @property
+    def progress_steps(self) -> int | None:
+        """How many times a run calls ``on_step``: once per solver step; None for adaptive solvers,
+        which call it once per model evaluation."""
+        return self.steps if self.solver in (*FIXED_SOLVERS, "sde", "ddpm") else None
 
 
-def euler(f, x: Tensor, ts: Tensor) -> Tensor:
+StepCallback = Callable[[], None] | None
+
+
+def euler(f, x: Tensor, ts: Tensor, on_step: StepCallback = None) -> Tensor:
     for t0, t1 in zip(ts[:-1], ts[1:]):
         x = x + (t1 - t0) * f(t0, x)
+        if on_step:
+            on_step()
     return x
 
 
-def heun(f, x: Tensor, ts: Tensor) -> Tensor:
+def heun(f, x: Tensor, ts: Tensor, on_step: StepCallback = None) -> Tensor:
     for t0, t1 in zip(ts[:-1], ts[1:]):
         dt = t1 - t0
         d0 = f(t0, x)
         x_pred = x + dt * d0
         x = x + dt * 0.5 * (d0 + f(t1, x_pred))
+        if on_step:
+            on_step()
     return x
 
 
-def odeint_torchdiffeq(f, x: Tensor, ts: Tensor, method: str, atol: float, rtol: float) -> Tensor:
+def odeint_torchdiffeq(f, x: Tensor, ts: Tensor, method: str, atol: float, rtol: float,
+                       on_step: StepCallback = None) -> Tensor:
     try:
         from torchdiffeq import odeint
     except ImportError as err:  # pragma: no cover - torchdiffeq is a dependency
         raise RuntimeError("adaptive solvers need torchdiffeq: pip install torchdiffeq") from err
+    if on_step:
+        inner = f
+
+        def f(t, x):
+            out = inner(t, x)
+            on_step()
+            return out
+
     return odeint(f, x, ts, method=method, atol=atol, rtol=rtol)[-1]
 
 
@@ -199,10 +243,20 @@ def score_from_velocity(v: Tensor, x: Tensor, t: Tensor) -> Tensor:
     return (t * v - x) / (1 - t)
 
 
-def euler_maruyama(f, x: Tensor, cfg: SolverConfig, generator: torch.Generator | None = None) -> Tensor:
+def sde_grid(cfg: SolverConfig) -> Tensor:
+    """The Euler–Maruyama time points: ``steps`` from t0 to 1 − last step size. t0 = 0, except
+    ``sample_eps`` for SBDM; the score's 1/(1 − t) is never evaluated at t = 1, since the last
+    point precedes it by the last step (or, without one, only the steps before it are taken)."""
+    t0 = cfg.sample_eps if cfg.diffusion_form == "SBDM" else 0.0
     last = 0.0 if cfg.last_step == "None" else cfg.last_step_size
-    ts = torch.linspace(0.0, 1.0 - last, cfg.steps)
-    dt = ts[1] - ts[0] if cfg.steps > 1 else torch.tensor(0.0)
+    return torch.linspace(t0, 1.0 - last, cfg.steps)
+
+
+def euler_maruyama(f, x: Tensor, cfg: SolverConfig, generator: Generators = None,
+                   on_step: StepCallback = None) -> Tensor:
+    last = 0.0 if cfg.last_step == "None" else cfg.last_step_size
+    ts = sde_grid(cfg)
+    dt = ts[1] - ts[0]
 
     def drift(t: Tensor, x: Tensor) -> Tensor:
         v = f(t, x)
@@ -210,52 +264,82 @@ def euler_maruyama(f, x: Tensor, cfg: SolverConfig, generator: torch.Generator |
         return v + sde_diffusion(cfg.diffusion_form, tt, cfg.diffusion_norm) * score_from_velocity(v, x, tt)
 
     for t in ts[:-1]:
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        noise = gaussian(x.shape, generator).to(x.device)
         w = sde_diffusion(cfg.diffusion_form, t, cfg.diffusion_norm).to(x.device)
         x = x + drift(t, x) * dt + torch.sqrt(2 * w) * noise * torch.sqrt(dt)
+        if on_step:
+            on_step()
     t1 = ts[-1]
-    if cfg.last_step == "Mean":
-        x = x + drift(t1, x) * last
-    elif cfg.last_step == "Euler":
-        x = x + f(t1, x) * last
-    elif cfg.last_step == "Tweedie":
-        tt = t1.to(x.device)
-        x = x / tt + (1 - tt) ** 2 / tt * score_from_velocity(f(t1, x), x, tt)
+    if last > 0:
+        if cfg.last_step == "Mean":
+            x = x + drift(t1, x) * last
+        elif cfg.last_step == "Euler":
+            x = x + f(t1, x) * last
+        elif cfg.last_step == "Tweedie":
+            tt = t1.to(x.device)
+            x = x / tt + (1 - tt) ** 2 / tt * score_from_velocity(f(t1, x), x, tt)
+    if on_step:
+        on_step()
     return x
 
 
-def integrate(f, x: Tensor, cfg: SolverConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Integrate dx/dt = f(t, x) from t = 0 to 1 (or run the SDE) with the configured solver."""
+def integrate(f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None) -> Tensor:
+    """Integrate dx/dt = f(t, x) from t = 0 to 1 (or run the SDE) with the configured solver;
+    ``on_step()`` after each step (see :attr:`SolverConfig.progress_steps`)."""
     if cfg.solver == "sde":
-        return euler_maruyama(f, x, cfg, generator)
+        return euler_maruyama(f, x, cfg, generator, on_step)
     ts = torch.linspace(0.0, 1.0, cfg.steps + 1)
     if cfg.solver == "euler":
-        return euler(f, x, ts)
+        return euler(f, x, ts, on_step)
     if cfg.solver == "heun":
-        return heun(f, x, ts)
-    return odeint_torchdiffeq(f, x, ts.to(x.device), cfg.solver, cfg.atol, cfg.rtol)
+        return heun(f, x, ts, on_step)
+    return odeint_torchdiffeq(f, x, ts.to(x.device), cfg.solver, cfg.atol, cfg.rtol, on_step)
+
+
+def noise_tokens(batch_size: int, h: int, w: int, token_dim: int, generator: Generators = None,
+                 noise: Tensor | None = None) -> TokenBatch:
+    """Sampling inputs on the CPU: B images of h × w tokens (no padding), Gaussian unless ``noise`` is given."""
+    x = noise if noise is not None else gaussian((batch_size, h * w, token_dim), generator)
+    grid = make_grid(h, w).expand(batch_size, -1, -1)
+    size = torch.tensor([h, w]).expand(batch_size, 1, 2)
+    return TokenBatch(x, grid, torch.ones(batch_size, h * w), size)
 
 
 @torch.no_grad()
 def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig = SolverConfig(),
                   guidance: Guidance = Guidance(), rope: RopeScaling | None = None,
-                  generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
-    """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label."""
+                  generator: Generators = None, noise: Tensor | None = None, progress: bool = False,
+                  on_step: StepCallback = None) -> Tensor:
+    """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label.
+
+    generator: one for the whole batch, or a sequence of one per sample (sample i's initial noise and
+    step noise then come from generator i alone). noise: the initial noise (B, h·w, p²·C) instead.
+    progress: a progress bar over solver steps; on_step: called after each step instead (see
+    :attr:`SolverConfig.progress_steps`)."""
     discrete = not model.config.continuous_time
     if discrete and solver.solver != "ddpm":
-        raise ValueError("this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
-                         "(250 steps for the published numbers)")
+        raise ConfigError("this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
+                          "(250 steps for the published numbers)")
     if not discrete and solver.solver == "ddpm":
-        raise ValueError("solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, "
-                         "dopri5 or sde")
+        raise ConfigError("solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, "
+                          "dopri5 or sde")
+    if not isinstance(generator, torch.Generator | None) and len(generator) != labels.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {labels.shape[0]} samples")
     device = next(model.parameters()).device
     labels = labels.to(device)
-    tokens = size_batch(labels.shape[0], h, w, model.config.token_dim, device="cpu", generator=generator).to(device)
-    if noise is not None:
-        tokens.x = noise.to(device)
+    tokens = noise_tokens(labels.shape[0], h, w, model.config.token_dim, generator, noise).to(device)
     field_ = VelocityField(model, labels, tokens, guidance, rope)
-    if discrete:
-        from .diffusion import Diffusion, ddpm_sample
+    bar = None
+    if progress and on_step is None:
+        from tqdm import tqdm
 
-        return ddpm_sample(field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator)
-    return integrate(field_, tokens.x.float(), solver, generator)
+        bar = tqdm(total=solver.progress_steps, desc=f"{h}x{w} tokens", unit="step", leave=False)
+        on_step = bar.update
+    try:
+        if discrete:
+            return ddpm_sample(field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator,
+                               on_step=on_step)
+        return integrate(field_, tokens.x.float(), solver, generator, on_step)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,22 +1,24 @@
 """The training loop: one function that takes the resolved config.
 
-AdamW with linear warmup, gradient clipping, EMA, label dropout for guidance, optional
+AdamW with linear warmup, gradient clipping (0: off), EMA, label dropout for guidance, optional
 bf16 autocast. Progress is counted in images and tokens. The noise, time and label dropout
 of an example are functions of (seed, step, its position in the global batch), so the run
 is the same on any number of ranks and a checkpoint (model, EMA, optimizer, scheduler,
-step, data position; written to a temporary folder and renamed) resumes bit for bit.
-Multi-process training (torchrun) is handled by :mod:`fitv2.distributed`.
+step, data position) resumes bit for bit. The run folder (refusing to train over an earlier
+run, picking an intact checkpoint, writing one safely) is :mod:`fitv2.run`'s; multi-process
+training (torchrun) is handled by :mod:`fitv2.distributed`.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import gc
 import json
 import math
-import shutil
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,95 +27,18 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as dist
-from .checkpoint import CheckpointError, load_weights, read_state_dict, save_json, save_model_dir
+from .checkpoint import atomic_write, load_pickle, load_weights, read_state_dict, save_json, save_model_dir, save_torch
 from .config import ModelConfig, model_config
 from .data.dataset import TokenDataset, TokenLoader
+from .errors import ConfigError, UserError
 from .finetune import apply_finetune, load_pretrained, source_config
 from .flow import TimeSampler, flow_loss
 from .model.fit import FiT
 from .model.rope import rope_scaling
+from .options import TrainConfig
+from .run import RunPlan, checkpoint_dir, clear_run, plan_run, saved_train_config, write_checkpoint
 
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; saved in every checkpoint's config.json."""
-
-    data: str = ""
-    """Token dataset folder written by `fitv2 prepare`."""
-    out: str = "runs/train"
-    """Run folder: checkpoints/, log.jsonl, loss.png."""
-    preset: str = "FiTv2-Tiny/4"
-    """Model preset; num_classes, patch size and channels are taken from the dataset."""
-    model: dict[str, Any] = field(default_factory=dict)
-    """ModelConfig field overrides, e.g. {"depth": 4}."""
-    data_mode: str = "mixed"
-    """'mixed' (FiTv2), 'flexible' (FiT v1) or 'fixed' (square crops, DiT/SiT)."""
-    time_sampling: str = "logit-normal"
-    """'logit-normal' (FiTv2) or 'uniform'."""
-    time_mean: float = 0.0
-    time_std: float = 1.0
-    batch_size: int = 32
-    """Global batch (images), split across ranks."""
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    """Linear warmup from lr·1e-4 (the reference's constant_with_warmup)."""
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    ema_warmup: bool = False
-    """Use decay min(ema_decay, (1+step)/(10+step)) so short runs get a useful EMA."""
-    steps: int = 1000
-    max_minutes: float | None = None
-    """Stop (and checkpoint) when this much wall time has passed."""
-    train_tokens: float | None = None
-    """Stop (and checkpoint) once this many real (non-padding) training tokens have been seen."""
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_checkpoints: int = 2
-    precision: str = "fp32"
-    """'fp32' or 'bf16' (autocast for matmuls; parameters, norms, RoPE and loss stay fp32)."""
-    seed: int = 0
-    bucket: int = 0
-    """Sort chunks of bucket × batch examples by length to reduce padding (0 = off)."""
-    pack: int | None = None
-    """Pack examples into rows of this many tokens instead of padding (first fit, longest first); 0 puts each
-    rank's whole batch in one row with no padding at all, attention staying per image."""
-    rope: str = "none"
-    """RoPE extrapolation during training, per image (e.g. 'vision-ntk' for high-resolution tuning)."""
-    device: str = "auto"
-    compile: bool = False
-    """torch.compile each transformer block (the masks, RoPE tables and attention plan stay eager: they make
-    data-dependent choices that would break one whole-model graph)."""
-    grad_checkpointing: bool = False
-    """Activation checkpointing: recompute each block in the backward pass."""
-    fsdp: bool = False
-    """Under torchrun: shard parameters, gradients and optimizer state with FSDP2 (fully_shard)."""
-    tensorboard: bool = False
-    progress: bool = True
-    resume: str | None = None
-    """'latest' or a checkpoint folder to continue from."""
-    init_from: str | None = None
-    """Start from pretrained weights: a checkpoint folder (its architecture is used) or a released
-    weights file of `preset` (e.g. high-resolution post-training of FiTv2-XL/2)."""
-    finetune: str = "full"
-    """'full', or 'partial': train only patch embedder, biases, adaLN modulation and final layer."""
-    reinit_unfrozen: bool = False
-    """With init_from: re-initialise the trained subset, as the released HR training code does."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        return cls(**data)
+__all__ = ["TrainConfig", "TrainResult", "checkpoint_dir", "saved_train_config", "train"]
 
 
 @dataclass
@@ -125,6 +50,24 @@ class TrainResult:
     checkpoint: Path | None
 
 
+def _ddpm_refusal(source: str) -> str:
+    return (f"{source} is a DDPM model (FiT v1: learned variance, integer timesteps), and training here is "
+            "rectified flow; train its block with flow by overriding --model learn_sigma=false continuous_time=true "
+            "(Table II Config A)")
+
+
+def check_model_config(model_cfg: ModelConfig, dataset: TokenDataset, source: str) -> None:
+    """The checks every architecture a run trains passes, whether from a preset, --init-from or a checkpoint."""
+    if model_cfg.learn_sigma or not model_cfg.continuous_time:
+        raise ConfigError(_ddpm_refusal(source))
+    if model_cfg.num_classes != dataset.num_classes:
+        raise ConfigError(f"{source} has {model_cfg.num_classes} classes, the dataset {dataset.num_classes}")
+    if model_cfg.token_dim != dataset.token_dim:
+        raise ConfigError(f"{source}: model tokens hold {model_cfg.token_dim} values but the dataset's hold "
+                          f"{dataset.token_dim} (patch size {model_cfg.patch_size}, {model_cfg.in_channels} "
+                          f"channels vs the dataset's {dataset.patch_size} and {dataset.meta['channels']})")
+
+
 def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig:
     overrides = {"num_classes": dataset.num_classes, "patch_size": dataset.patch_size,
                  "in_channels": dataset.meta["channels"], **cfg.model}
@@ -132,41 +75,43 @@ def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig
         overrides["grad_checkpointing"] = True
     pretrained = source_config(cfg.init_from) if cfg.init_from else None
     if pretrained is not None:  # the architecture is the checkpoint's; it keeps its L_train
-        model_cfg = pretrained.replace(**overrides)
-        if pretrained.num_classes != model_cfg.num_classes:
-            raise ValueError(f"{cfg.init_from} has {pretrained.num_classes} classes, the dataset "
-                             f"{model_cfg.num_classes}")
+        source = f"--init-from {cfg.init_from}"
+        try:
+            model_cfg = pretrained.replace(**overrides)
+        except UserError as err:
+            raise ConfigError(f"--model on {source}: {err}") from None
+        check_model_config(model_cfg, dataset, source)
+        if pretrained.num_classes != dataset.num_classes:
+            raise ConfigError(f"{source} has {pretrained.num_classes} classes, the dataset {dataset.num_classes}")
         return model_cfg
     model_cfg = model_config(cfg.preset, **overrides)
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {cfg.precision!r}")
-    if model_cfg.learn_sigma or not model_cfg.continuous_time:
-        raise ValueError(f"{cfg.preset} is a DDPM model (FiT v1: learned variance, integer timesteps), and training "
-                         "here is rectified flow; train its block with flow by overriding "
-                         "--model learn_sigma=false continuous_time=true (Table II Config A)")
-    if model_cfg.token_dim != dataset.token_dim:
-        raise ValueError(f"model tokens hold {model_cfg.token_dim} values but the dataset's hold {dataset.token_dim}")
+    check_model_config(model_cfg, dataset, cfg.preset)
     if "rope_train_len" not in cfg.model and not cfg.init_from:  # RoPE scales from the training side
         model_cfg = model_cfg.replace(rope_train_len=math.isqrt(dataset.meta["max_tokens"]))
     return model_cfg
 
 
-def checkpoint_dir(out: Path, step: int) -> Path:
-    return out / "checkpoints" / f"step_{step:07d}"
+DATASET_KEYS = ("autoencoder", "patch_size", "channels", "downsample", "budget", "max_tokens", "num_classes",
+                "class_names")
+# What a resumed run's dataset must share with the checkpoint's (the autoencoder is a path, free to move).
+_DATASET_CHECKED = tuple(k for k in DATASET_KEYS if k != "autoencoder")
 
 
-def find_resume(cfg: TrainConfig) -> Path | None:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "latest":
-        pointer = Path(cfg.out) / "checkpoints" / "latest"
-        if not pointer.is_file():
-            return None  # nothing to resume: start fresh
-        return Path(cfg.out) / "checkpoints" / pointer.read_text().strip()
-    path = Path(cfg.resume)
-    if not (path / "train_state.pt").is_file():
-        raise CheckpointError(f"{path} is not a training checkpoint (no train_state.pt)")
-    return path
+def resumed_model_config(cfg: TrainConfig, plan: RunPlan, dataset: TokenDataset) -> ModelConfig:
+    """The checkpoint's architecture, whatever --preset or --init-from would give now; only
+    gradient checkpointing, which does not change the result, follows this run's options."""
+    try:
+        saved = ModelConfig.from_dict(plan.saved["model"])
+    except (UserError, TypeError) as err:
+        raise ConfigError(f"{plan.resume}/config.json: {err}") from None
+    old = plan.saved.get("dataset", {})
+    new = json.loads(json.dumps({k: dataset.meta.get(k) for k in _DATASET_CHECKED}))
+    changed = [f"{k} {old[k]} -> {new[k]}" for k in _DATASET_CHECKED if k in old and old[k] != new[k]]
+    if changed:
+        raise ConfigError(f"the dataset {cfg.data} is not the one {plan.resume} was trained on: "
+                          f"{', '.join(changed)}")
+    check_model_config(saved, dataset, str(plan.resume))
+    return saved.replace(grad_checkpointing=cfg.grad_checkpointing or bool(cfg.model.get("grad_checkpointing")))
 
 
 @dataclass
@@ -221,44 +166,68 @@ def _save(env: dist.Env, out: Path, step: int, model: FiT, ema: FiT, optimizer, 
     weights, ema_weights = dist.model_state(model), dist.model_state(ema)
     optim_state = dist.optimizer_state(model, optimizer)
     final = checkpoint_dir(out, step)
-    if not env.is_main:
-        return final
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    extra = {"train": cfg.to_dict(), "dataset": {k: dataset.meta[k] for k in (
-        "autoencoder", "patch_size", "channels", "downsample", "budget", "max_tokens", "num_classes", "class_names")},
-        "step": step}
-    save_model_dir(tmp, model.config, weights, ema_weights, extra)
-    torch.save({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
-                "loader": loader.state_dict(), "totals": totals}, tmp / "train_state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    pointer = out / "checkpoints" / "latest"
-    pointer.with_suffix(".tmp").write_text(final.name)
-    pointer.with_suffix(".tmp").replace(pointer)
-    kept = sorted(p for p in (out / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))
-    for old in kept[: max(0, len(kept) - cfg.keep_checkpoints)]:
-        shutil.rmtree(old, ignore_errors=True)
+
+    def write(folder: Path) -> None:
+        extra = {"train": cfg.to_dict(), "dataset": {k: dataset.meta[k] for k in DATASET_KEYS}, "step": step}
+        save_model_dir(folder, model.config, weights, ema_weights, extra)
+        save_torch({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
+                    "loader": loader.state_dict(), "totals": totals}, folder / "train_state.pt")
+
+    _on_main(env, lambda: write_checkpoint(final, write, cfg.keep_checkpoints))
     return final
 
 
+def _on_main(env: dist.Env, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 and its result on every rank; if it fails, every rank raises (none waits forever)."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except Exception as err:
+            error = err
+    shared = dist.broadcast_object(env, ("ok", result) if error is None else
+                                   ("error", str(error), isinstance(error, UserError)))
+    if error is not None:
+        raise error
+    if shared[0] == "error":
+        raise (UserError if shared[2] else RuntimeError)(f"rank 0: {shared[1]}")
+    return shared[1]
+
+
 def _truncate_log(log_path: Path, step: int) -> None:
+    """Drop the rows after ``step`` (a resumed run writes them again) and any line a crash cut short."""
     if not log_path.is_file():
         return
-    rows = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    log_path.write_text("".join(r + "\n" for r in rows))
+    rows = []
+    for line in log_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            rows.append(line)
+    atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in rows)))
 
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Run (or continue) a training run; returns the final step, loss and throughput."""
+    cfg.check_environment()
     env = dist.setup(cfg.device)
     device = env.device
     out = Path(cfg.out)
+    if cfg.tensorboard and env.is_main:
+        _summary_writer_class()
+    plan: RunPlan = _on_main(env, lambda: plan_run(cfg))
+    if env.is_main and plan.warning:
+        print(f"warning: {plan.warning}", file=sys.stderr, flush=True)
+    if env.is_main and plan.resume is not None:
+        print(f"resuming from step {plan.step}: {plan.resume}", flush=True)
     dataset = TokenDataset(cfg.data)
-    model_cfg = resolve_model_config(cfg, dataset)
+    model_cfg = (resolve_model_config(cfg, dataset) if plan.resume is None
+                 else resumed_model_config(cfg, plan, dataset))
     torch.manual_seed(cfg.seed)
     model = FiT(model_cfg)
-    if cfg.init_from and find_resume(cfg) is None:
+    if cfg.init_from and plan.resume is None:
         load_pretrained(model, cfg.init_from, reinit_unfrozen=cfg.reinit_unfrozen, mode=cfg.finetune)
     trainable = apply_finetune(model, cfg.finetune)
     if env.is_main and cfg.finetune != "full":
@@ -272,16 +241,14 @@ def train(cfg: TrainConfig) -> TrainResult:
     totals = {"images": 0.0, "tokens": 0.0, "padded_tokens": 0.0, "seconds": 0.0}
     step, state = 0, None
 
-    resume = find_resume(cfg)
+    resume = plan.resume
     if resume is not None:  # full weights go in before sharding; any number of ranks can resume
         load_weights(model, read_state_dict(resume / "model.safetensors"), source=str(resume))
         load_weights(ema, read_state_dict(resume / "ema.safetensors"), source=str(resume))
-        state = torch.load(resume / "train_state.pt", map_location="cpu", weights_only=True)
+        state = load_pickle(resume / "train_state.pt")
         loader.load_state_dict(state["loader"])
         totals = dict(state["totals"])
         step = int(state["step"])
-        if env.is_main:
-            _truncate_log(out / "log.jsonl", step)
 
     model, ema = model.to(device), ema.to(device)
     train_model = dist.wrap(model, env, cfg)
@@ -299,75 +266,90 @@ def train(cfg: TrainConfig) -> TrainResult:
     forward = train_model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     if env.is_main:
+        if plan.clear:  # only now: a run that fails to start leaves the old one in place
+            print(f"--overwrite: removed {', '.join(clear_run(out))} of the previous run in {out}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume is not None:
+            _truncate_log(out / "log.jsonl", step)
         save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, out / "config.json")
-    writer = _tensorboard(out) if cfg.tensorboard and env.is_main else None
+    writer = _tensorboard(out, purge_step=step if cfg.resume is not None else None) \
+        if cfg.tensorboard and env.is_main else None
     log = open(out / "log.jsonl", "a") if env.is_main else None
     bar = _progress_bar(cfg, step, totals, disable=not (cfg.progress and env.is_main))
     start = time.perf_counter() - totals["seconds"]
     window = {"tokens": 0, "time": time.perf_counter(), "loss": 0.0, "n": 0}
-    loss_value, checkpoint = float("nan"), None
+    loss_value, checkpoint = float("nan"), resume
     model.train()
-    while step < cfg.steps:
-        batch = next(loader)
-        tokens = batch.tokens.to(device)
-        labels = batch.labels.to(device)
-        noise = step_noise(cfg.seed, step, batch.ids, batch.tokens.size, tokens.x.shape[-1], tokens.x.shape[1],
-                           time_sampler, model_cfg.class_dropout_prob)
-        with autocast:
-            result = flow_loss(forward, tokens.x, labels, tokens.grid, tokens.mask, tokens.size, tokens.segment,
-                               t=noise.t.to(device), x0=noise.x0.to(device), rope=rope,
-                               label_drop=noise.label_drop.to(device))
-        loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
-        update_ema(ema, model, decay)
-        step += 1
+    try:
+        while step < cfg.steps:
+            batch = next(loader)
+            tokens = batch.tokens.to(device)
+            labels = batch.labels.to(device)
+            noise = step_noise(cfg.seed, step, batch.ids, batch.tokens.size, tokens.x.shape[-1], tokens.x.shape[1],
+                               time_sampler, model_cfg.class_dropout_prob)
+            with autocast:
+                result = flow_loss(forward, tokens.x, labels, tokens.grid, tokens.mask, tokens.size, tokens.segment,
+                                   t=noise.t.to(device), x0=noise.x0.to(device), rope=rope,
+                                   label_drop=noise.label_drop.to(device))
+            loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            else:  # no clipping; the norm is still worth logging
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            optimizer.step()
+            scheduler.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+            update_ema(ema, model, decay)
+            step += 1
 
-        valid = dist.all_sum(env, float(tokens.mask.sum()))
-        computed = dist.all_sum(env, float(tokens.mask.numel()))
-        loss_value = dist.all_mean(env, float(result.loss.detach()))
-        totals["images"] += cfg.batch_size
-        totals["tokens"] += valid
-        totals["padded_tokens"] += computed - valid
-        window["tokens"] += valid
-        window["loss"] += loss_value
-        window["n"] += 1
-        totals["seconds"] = time.perf_counter() - start
-        if env.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
-            now = time.perf_counter()
-            tps = window["tokens"] / max(now - window["time"], 1e-9)
-            row = {"step": step, "loss": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": float(grad_norm), "tokens_per_s": tps, "images": totals["images"],
-                   "tokens": totals["tokens"], "padding": totals["padded_tokens"] / max(totals["tokens"] + totals[
-                       "padded_tokens"], 1), "seconds": totals["seconds"]}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            if writer is not None:
-                for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                    writer.add_scalar(f"train/{k}", row[k], step)
-            bar.set_postfix(step=step, loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", tok_s=f"{tps:,.0f}")
-            window = {"tokens": 0, "time": now, "loss": 0.0, "n": 0}
-        _advance(bar, cfg, totals)
-        out_of_time = cfg.max_minutes is not None and totals["seconds"] > cfg.max_minutes * 60
-        out_of_time |= cfg.train_tokens is not None and totals["tokens"] >= cfg.train_tokens
-        out_of_time = dist.any_true(env, out_of_time)
-        if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-            checkpoint = _save(env, out, step, model, ema, optimizer, scheduler, loader, cfg, dataset, totals)
-            dist.barrier(env)
-        if out_of_time:
-            break
-    bar.close()
+            valid = dist.all_sum(env, float(tokens.mask.sum()))
+            computed = dist.all_sum(env, float(tokens.mask.numel()))
+            loss_value = dist.all_mean(env, float(result.loss.detach()))
+            totals["images"] += cfg.batch_size
+            totals["tokens"] += valid
+            totals["padded_tokens"] += computed - valid
+            window["tokens"] += valid
+            window["loss"] += loss_value
+            window["n"] += 1
+            totals["seconds"] = time.perf_counter() - start
+            if env.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                tps = window["tokens"] / max(now - window["time"], 1e-9)
+                row = {"step": step, "loss": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "tokens_per_s": tps, "images": totals["images"],
+                       "tokens": totals["tokens"], "padding": totals["padded_tokens"] / max(totals["tokens"] + totals[
+                           "padded_tokens"], 1), "seconds": totals["seconds"]}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if writer is not None:
+                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                        writer.add_scalar(f"train/{k}", row[k], step)
+                bar.set_postfix(step=step, loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", tok_s=f"{tps:,.0f}")
+                window = {"tokens": 0, "time": now, "loss": 0.0, "n": 0}
+            _advance(bar, cfg, totals)
+            out_of_time = cfg.max_minutes is not None and totals["seconds"] > cfg.max_minutes * 60
+            out_of_time |= cfg.train_tokens is not None and totals["tokens"] >= cfg.train_tokens
+            out_of_time = dist.any_true(env, out_of_time)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
+                checkpoint = _save(env, out, step, model, ema, optimizer, scheduler, loader, cfg, dataset, totals)
+                dist.barrier(env)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+        if writer is not None:
+            writer.close()
     if log is not None:
-        log.close()
         write_loss_plot(out)
-    if writer is not None:
-        writer.close()
     seconds = totals["seconds"]
+    # The DDP reducer holds the process group. If it let go last, the group's destructor would run
+    # with the GIL held and wait for gloo's threads, which may need the GIL to free a tensor: a hang.
+    del forward, train_model
+    gc.collect()
     dist.cleanup(env)
     return TrainResult(step, loss_value, totals["tokens"] / max(seconds, 1e-9), seconds, checkpoint)
 
@@ -405,9 +387,13 @@ def write_loss_plot(out: Path) -> None:
     loss_curve([r["step"] for r in rows], [r["loss"] for r in rows]).save(out / "loss.png")
 
 
-def _tensorboard(out: Path):
+def _summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'fitv2[tensorboard]'") from err
-    return SummaryWriter(str(out / "tensorboard"))
+        raise UserError("--tensorboard needs the tensorboard package: pip install 'fitv2[tensorboard]'") from err
+    return SummaryWriter
+
+
+def _tensorboard(out: Path, purge_step: int | None = None):
+    return _summary_writer_class()(str(out / "tensorboard"), purge_step=purge_step)

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from ..errors import ConfigError, MissingFileError
 from ..tokens import TokenBatch, first_fit_rows, pack_sequences, pad_sequences
 
 MODES = ("mixed", "flexible", "fixed")
@@ -35,7 +36,7 @@ class TokenDataset:
         self.root = Path(root)
         index = self.root / "index.json"
         if not index.is_file():
-            raise FileNotFoundError(f"{self.root} is not a token dataset (no index.json); run `fitv2 prepare` first")
+            raise MissingFileError(f"{self.root} is not a token dataset (no index.json); run `fitv2 prepare` first")
         self.meta = json.loads(index.read_text())
         self.items = [json.loads(line) for line in (self.root / "items.jsonl").read_text().splitlines() if line]
         groups: dict[int, dict[str, int]] = {}
@@ -105,11 +106,14 @@ class TokenLoader:
     def __init__(self, dataset: TokenDataset, batch_size: int, mode: str = "mixed", seed: int = 0,
                  rank: int = 0, world_size: int = 1, bucket: int = 0, pack: int | None = None):
         if mode not in MODES:
-            raise ValueError(f"unknown data mode {mode!r}; choose one of {MODES}")
+            raise ConfigError(f"unknown data mode {mode!r}; choose one of {MODES}")
         if batch_size % world_size:
-            raise ValueError(f"global batch {batch_size} is not divisible by {world_size} ranks")
+            raise ConfigError(f"--batch-size {batch_size} (the global batch) is not divisible by {world_size} ranks")
         if batch_size > len(dataset):
-            raise ValueError(f"batch size {batch_size} exceeds the dataset's {len(dataset)} images")
+            raise ConfigError(f"--batch-size {batch_size} exceeds the dataset's {len(dataset)} images")
+        longest = int(dataset.meta["max_tokens"])
+        if pack and pack < longest:
+            raise ConfigError(f"--pack {pack}: rows must hold the longest sequence of the dataset ({longest} tokens)")
         self.dataset = dataset
         self.batch_size = batch_size
         self.mode = mode

@@ -10,6 +10,7 @@ and ``gate_tokens`` apply each image's values to its own tokens.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +170,8 @@ def _flash_varlen():
 
 
 _compiled_flex = None
+# (device, grad) -> whether compiled FlexAttention runs there; probed once per process.
+_flex_support: dict[tuple[str, bool], bool] = {}
 
 
 def _flex_attention():
@@ -180,15 +183,83 @@ def _flex_attention():
     return _compiled_flex
 
 
-def _auto_backend(segment: Tensor | None) -> str:
-    if segment is None:
-        return "sdpa"
-    if segment.is_cuda and hasattr(torch.nn.attention, "flex_attention"):
-        return "flex"
+def document_block_mask(segment: Tensor):
+    """FlexAttention block mask letting a token see only the tokens of its own segment."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_segment(b, h, q, k):
+        return segment[b, q] == segment[b, k]
+
+    B, N = segment.shape
+    return create_block_mask(same_segment, B, None, N, N, device=segment.device)
+
+
+@torch.compiler.disable
+def flex_supported(device: torch.device | str, grad: bool = False) -> bool:
+    """Whether compiled FlexAttention runs correctly on ``device`` (forward, and backward if ``grad``).
+
+    Decided once per (device, grad) by comparing the compiled kernel with masked SDPA on small padded
+    batches: Inductor's CPU template fails to build for dynamic shapes in some torch versions (2.13),
+    and CPU FlexAttention has no backward. Warns once where it does not work, as attention then falls
+    back to SDPA."""
+    device = torch.device(device)
+    key = (str(device), bool(grad))
+    if key in _flex_support:
+        return _flex_support[key]
+    try:
+        ok, why = _probe_flex(device, grad), "its output differs from SDPA"
+    except Exception as err:  # failing to import, compile or run all mean: not here
+        lines = str(err).strip().splitlines()
+        ok, why = False, f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+    if not ok:
+        warnings.warn(f"compiled FlexAttention does not work on {device} with torch {torch.__version__} ({why}); "
+                      "attention uses SDPA there instead", RuntimeWarning, stacklevel=3)
+    _flex_support[key] = ok
+    return ok
+
+
+def _probe_flex(device: torch.device, grad: bool) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    # Batch, heads and length all different and no length a multiple of the kernel's block: shapes that
+    # share a size, or fit the block, take paths of the dynamic-shape kernel that a real batch may not.
+    for B, H, N in ((3, 2, 40), (2, 3, 56)):
+        segment = torch.ones(B, N, dtype=torch.long)
+        segment[1, N // 2 :] = 0
+        segment = segment.to(device)
+        q, k, v = (torch.randn(B, H, N, 16, generator=generator).to(device).requires_grad_(grad) for _ in range(3))
+        with torch.set_grad_enabled(grad):
+            out = _flex_attention()(q, k, v, block_mask=document_block_mask(segment))
+            if grad:
+                out.sum().backward()
+        mask = segment[:, None, :, None] == segment[:, None, None, :]
+        ref = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), attn_mask=mask)
+        if not torch.allclose(out.detach(), ref, atol=1e-4, rtol=1e-4):
+            return False
+    return True
+
+
+def _has_flex() -> bool:
+    try:  # the submodule is an attribute of torch.nn.attention only once something imported it
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _sdpa_backend(segment: Tensor) -> str:
+    """SDPA over whole rows, or per image when the block mask would do over 1.5x the per-image work."""
     counts = torch.stack([torch.bincount(row, minlength=int(segment.max()) + 1)[1:] for row in segment])
     per_image = float(counts.double().pow(2).sum())
     whole_rows = float(segment.shape[0] * segment.shape[1] ** 2)
     return "sdpa-varlen" if whole_rows > 1.5 * per_image else "sdpa"
+
+
+def _auto_backend(segment: Tensor | None) -> str:
+    if segment is None:
+        return "sdpa"
+    if segment.is_cuda and _has_flex():
+        return "flex"
+    return _sdpa_backend(segment)
 
 
 class AttentionPlan:
@@ -202,7 +273,8 @@ class AttentionPlan:
     Backends: ``sdpa`` — scaled_dot_product_attention, no mask when nothing is padded, else a
     boolean block mask over the whole row; ``sdpa-varlen`` — SDPA per image on the valid tokens
     only, images of equal length batched together (no work on padding or across images);
-    ``flex`` — FlexAttention with a document mask (GPU); ``flash-varlen`` — flash-attention's
+    ``flex`` — compiled FlexAttention with a document mask, where :func:`flex_supported` finds that it
+    works (else the SDPA choice below, with one warning); ``flash-varlen`` — flash-attention's
     variable-length kernel (GPU, fp16/bf16, where flash_attn is installed). ``auto`` picks
     flex on CUDA; on the CPU, sdpa-varlen when the block mask would do over 1.5× the work of
     per-image attention (long packed rows, heavy padding), else sdpa.
@@ -213,19 +285,15 @@ class AttentionPlan:
             raise ValueError(f"unknown attention backend {backend!r}; choose one of {ATTENTION_BACKENDS}")
         if backend == "auto":
             backend = _auto_backend(segment)
+        if backend == "flex" and segment is not None and not flex_supported(segment.device, torch.is_grad_enabled()):
+            backend = _sdpa_backend(segment)
         self.segment = segment
         self.backend = backend if segment is not None else "sdpa"
         self.mask = self.block_mask = self.varlen = None
         if self.backend == "sdpa" and segment is not None:
             self.mask = segment[:, None, :, None] == segment[:, None, None, :]  # (B, 1, N, N)
         elif self.backend == "flex":
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            def same_segment(b, h, q, k):
-                return segment[b, q] == segment[b, k]
-
-            B, N = segment.shape
-            self.block_mask = create_block_mask(same_segment, B, None, N, N, device=segment.device)
+            self.block_mask = document_block_mask(segment)
         elif self.backend == "flash-varlen":
             self.varlen = varlen_fn or _flash_varlen()
             if self.varlen is None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError, UnknownNameError
+
 METHODS = ("none", "pi", "ntk", "ntk-by-parts", "yarn")
 ATTN_SCALES = ("none", "side", "area", "paper")
 
@@ -47,9 +49,9 @@ class RopeScaling:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"unknown RoPE method {self.method!r}; choose one of {METHODS}")
+            raise ConfigError(f"unknown RoPE method {self.method!r}; choose one of {METHODS}")
         if self.attn_scale not in ATTN_SCALES:
-            raise ValueError(f"unknown attention scale {self.attn_scale!r}; choose one of {ATTN_SCALES}")
+            raise ConfigError(f"unknown attention scale {self.attn_scale!r}; choose one of {ATTN_SCALES}")
 
     def with_(self, **changes) -> RopeScaling:
         return replace(self, **changes)
@@ -85,7 +87,7 @@ def rope_scaling(name: str, attn_scale: str | None = None, decouple: bool | None
     """Look up a scaling by name, optionally overriding its attention scale or decoupling."""
     key = name.lower()
     if key not in NAMED_SCALINGS:
-        raise ValueError(f"unknown RoPE extrapolation {name!r}; choose one of: {', '.join(NAMED_SCALINGS)}")
+        raise UnknownNameError(f"unknown RoPE extrapolation {name!r}; choose one of: {', '.join(NAMED_SCALINGS)}")
     scaling = NAMED_SCALINGS[key]
     if attn_scale is not None:
         scaling = scaling.with_(attn_scale=attn_scale)
