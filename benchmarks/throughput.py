@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from fitv2.config import ModelConfig, model_config
+from fitv2.config import ModelConfig, Runtime, model_config
 from fitv2.data.prepare import SkipImage, resize_to_budget
 from fitv2.flow import flow_loss
+from fitv2.model.attention import ATTENTION_BACKENDS, choose_attention
 from fitv2.model.fit import build_model
 from fitv2.model.flops import attention_macs, linear_macs
-from fitv2.model.layers import AttentionPlan
 from fitv2.sampling import Guidance, SolverConfig, sample_tokens
 from fitv2.tokens import first_fit_rows, pack_sequences, pad_sequences
 
@@ -98,10 +98,10 @@ def make_batch(shapes: list[tuple[int, int]], packed: bool, length: int, cfg: Mo
     items = [(torch.randn(h * w, cfg.token_dim, generator=g), h, w) for h, w in shapes]
     labels = torch.randint(cfg.num_classes, (len(items),), generator=g)
     if packed:
-        # length 0: the whole batch in one row with no padding (`--pack 0`)
+        # length 0: the whole batch in one row with no padding (`--batching flat`)
         rows = first_fit_rows([h * w for h, w in shapes], length) if length else [list(range(len(items)))]
         tb = pack_sequences(items, rows, length=length or None)
-        y = torch.zeros(len(rows), tb.size.shape[1], dtype=torch.long)
+        y = torch.zeros(len(rows), tb.layout.images_per_row, dtype=torch.long)
         for r, row in enumerate(rows):
             y[r, : len(row)] = labels[row]
     else:
@@ -110,8 +110,7 @@ def make_batch(shapes: list[tuple[int, int]], packed: bool, length: int, cfg: Mo
     t = torch.rand(y.shape, generator=g)
     x0 = torch.randn(tb.x.shape, generator=g)
     tb = tb.to(device)
-    inputs = dict(x1=tb.x, y=y.to(device), grid=tb.grid, mask=tb.mask, size=tb.size, segment=tb.segment,
-                  t=t.to(device), x0=x0.to(device))
+    inputs = dict(x1=tb.x, y=y.to(device), layout=tb.layout, t=t.to(device), x0=x0.to(device))
     return inputs, rows
 
 
@@ -164,8 +163,7 @@ def _setup(spec: dict) -> tuple[torch.device, ModelConfig, torch.nn.Module, torc
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     cfg = model_config(spec["preset"])
-    model = build_model(cfg, device)
-    model.attention_backend = spec["attention"]
+    model = build_model(cfg, device, Runtime(attention=spec["attention"]))
     return device, cfg, model, torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bf16")
 
 
@@ -185,10 +183,7 @@ def _trainer(spec: dict) -> tuple[torch.device, ModelConfig, dict, dict]:
         packed = mode.startswith("packed") or mode == "flat"  # "packedK": rows of K × budget tokens
         length = int(mode[len("packed"):] or 1) * (side // unit) ** 2 if mode.startswith("packed") else 0
         inputs, rows = make_batch(shapes, packed, length, cfg, spec["seed"], device)
-        segment = inputs.get("segment")
-        if segment is None and not bool(inputs["mask"].bool().all()):
-            segment = inputs["mask"].long()
-        kernel = AttentionPlan(segment, spec["attention"]).backend  # what the model will run
+        kernel = choose_attention(spec["attention"], inputs["layout"].attention_segment()).name  # what the model runs
         batches[mode] = (shapes, rows, inputs["x1"].shape[1], kernel)
 
         def step(inputs: dict = inputs) -> None:
@@ -357,7 +352,7 @@ def report(results: list[dict], samples: list[dict], command: str, info: str, lo
     if not any(r["device"].startswith("cuda") for r in results + samples):
         lines += ["", "## GPU (H100 / H200)", "",
                   "Not measured: no GPU machine was lent in this session. The script is ready for it "
-                  "(`--device cuda`: bf16 autocast, FlexAttention through `model.attention_backend = \"auto\"`, "
+                  "(`--device cuda`: bf16 autocast, FlexAttention through `--attention auto`, "
                   "`torch.cuda.synchronize()` around every timing, `max_memory_allocated`, 4096³ matmul peak); "
                   "one command measures FiTv2-B/2 and FiTv2-XL/2 in bf16 on both ImageNet distributions:", "",
                   f"    {GPU_COMMAND}"]
@@ -377,7 +372,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: fp32,bf16 on CPU, bf16 on CUDA)")
     p.add_argument("--modes", default="padded,packed",
                    help="padded, packed (L = budget), packedK (L = K·budget), flat (the batch in one row, no padding)")
-    p.add_argument("--attention", default="auto", help="model.attention_backend: auto, sdpa, flex, flash-varlen")
+    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention kernel")
     p.add_argument("--sample", action="append", default=None, metavar="PRESET:BATCH:STEPS",
                    help="sampling runs at 16×16 tokens (default: first preset, batch 8, 50 steps; 'none' skips)")
     p.add_argument("--matmul-n", default=None, help="peak matmul sides, best counts (1024,2048 CPU; 4096 GPU)")

@@ -19,7 +19,7 @@ def _forward(model):
     torch.manual_seed(3)
     dim = model.config.token_dim
     batch = pad_sequences([(torch.randn(12, dim), 3, 4), (torch.randn(6, dim), 2, 3)])
-    return model(batch.x, torch.tensor([0.3, 0.6]), torch.tensor([1, 2]), batch.grid, batch.mask, batch.size)
+    return model(batch.x, torch.tensor([0.3, 0.6]), torch.tensor([1, 2]), batch.layout)
 
 
 def test_reference_weights_load_strictly():

@@ -75,11 +75,11 @@ def test_loader_modes_and_padding(odd_dataset, mode):
     seen = set()
     for _ in range(2 * loader.batches_per_epoch):
         batch = next(loader)
-        lengths = batch.tokens.mask.sum(1)
+        lengths = batch.tokens.layout.mask.sum(1)
         assert batch.tokens.x.shape[1] == int(lengths.max())  # padded to the longest
         if mode == "fixed":
             assert (lengths == 64).all()
-        for h, w in batch.tokens.size[:, 0].tolist():
+        for h, w in batch.tokens.layout.size[:, 0].tolist():
             seen.add((h, w))
     assert seen
 
@@ -120,15 +120,15 @@ def test_ranks_split_the_global_batch(odd_dataset):
     assert whole.labels[0::2].tolist() == parts[0].labels.tolist()
 
 
-@pytest.mark.parametrize("pack", [64, 0])
-def test_packed_batches_hold_the_padded_batch_images(odd_dataset, pack):
+@pytest.mark.parametrize("batching,row_length", [("pack", 64), ("pack", None), ("flat", None)])
+def test_packed_batches_hold_the_padded_batch_images(odd_dataset, batching, row_length):
     ds = TokenDataset(odd_dataset[0] / "tokens")
     padded = next(TokenLoader(ds, batch_size=4, seed=3))
-    packed = next(TokenLoader(ds, batch_size=4, seed=3, pack=pack))
-    valid = int(padded.tokens.mask.sum())
-    assert int(packed.tokens.mask.sum()) == valid
-    if pack == 0:  # one row, exactly as long as the batch's tokens: no padding at all
-        assert packed.tokens.x.shape[:2] == (1, valid) and bool(packed.tokens.mask.all())
-    else:
-        assert packed.tokens.x.shape[1] == pack
+    packed = next(TokenLoader(ds, batch_size=4, seed=3, batching=batching, row_length=row_length))
+    valid = int(padded.tokens.layout.mask.sum())
+    assert int(packed.tokens.layout.mask.sum()) == valid
+    if batching == "flat":  # one row, exactly as long as the batch's tokens: no padding at all
+        assert packed.tokens.x.shape[:2] == (1, valid) and bool(packed.tokens.layout.mask.all())
+    else:  # rows of the given length, or of the dataset's token budget
+        assert packed.tokens.x.shape[1] == (row_length or ds.meta["max_tokens"])
     assert sorted(packed.labels[packed.ids >= 0].tolist()) == sorted(padded.labels.tolist())

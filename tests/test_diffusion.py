@@ -7,8 +7,7 @@ from conftest import randomize, tiny_config
 
 from fitv2.diffusion import Diffusion, ddpm_sample, linear_betas, respaced_timesteps
 from fitv2.model import FiT
-from fitv2.sampling import Guidance, SolverConfig, VelocityField, sample_tokens
-from fitv2.tokens import size_batch
+from fitv2.sampling import Guidance, SolverConfig, VelocityField, noise_tokens, sample_tokens
 
 V1 = dict(adaln="full", mlp="swiglu-large", qk_norm=None, learn_sigma=True, continuous_time=False)
 
@@ -59,10 +58,10 @@ def test_fit_v1_model_samples_with_ddpm_and_rejects_flow_solvers():
 def test_guidance_moves_the_noise_prediction_and_never_the_learned_variance(channels):
     model = randomize(FiT(tiny_config(**V1))).eval()
     y = torch.tensor([3])
-    tokens = size_batch(1, 4, 4, model.config.token_dim, generator=torch.Generator().manual_seed(0))
+    tokens = noise_tokens(1, 4, 4, model.config.token_dim, torch.Generator().manual_seed(0))
     t = torch.tensor([500.0])
-    plain_eps, plain_var = VelocityField(model, y, tokens).denoiser(tokens.x, t, 0.5)
-    eps, var = VelocityField(model, y, tokens, Guidance(scale=3.0, channels=channels)).denoiser(tokens.x, t, 0.5)
+    plain_eps, plain_var = VelocityField(model, y, tokens.layout).denoiser(tokens.x, t, 0.5)
+    eps, var = VelocityField(model, y, tokens.layout, Guidance(scale=3.0, channels=channels)).denoiser(tokens.x, t, 0.5)
     torch.testing.assert_close(var, plain_var)  # the variance half keeps the conditional prediction
     guided = 16 if channels == "all" else 12  # p^2 * C features, or the reference's first 3 channels
     assert not torch.allclose(eps[..., :guided], plain_eps[..., :guided])

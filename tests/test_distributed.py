@@ -61,7 +61,8 @@ def _assert_same(a, b, atol=1e-5):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("extra", [{}, {"pack": 64}, {"fsdp": True}], ids=["ddp", "ddp-packed", "fsdp"])
+@pytest.mark.parametrize("extra", [{}, {"batching": "pack", "row_length": 64}, {"fsdp": True}],
+                         ids=["ddp", "ddp-packed", "fsdp"])
 def test_two_processes_equal_one(dataset, tmp_path, extra):
     one, two = tmp_path / "one", tmp_path / "two"
     single = {k: v for k, v in extra.items() if k != "fsdp"}

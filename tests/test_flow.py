@@ -36,7 +36,7 @@ def test_loss_unchanged_when_padding_is_appended():
         batch = pad_sequences(items, length=length)
         x0 = torch.zeros_like(batch.x)
         x0[:, :15] = torch.randn(2, 15, cfg.token_dim, generator=torch.Generator().manual_seed(0))
-        losses.append(flow_loss(model, batch.x, y, batch.grid, batch.mask, batch.size, t=t, x0=x0))
+        losses.append(flow_loss(model, batch.x, y, batch.layout, t=t, x0=x0))
     torch.testing.assert_close(losses[0].per_image, losses[1].per_image)
     torch.testing.assert_close(losses[0].loss, losses[1].loss)
 
@@ -44,7 +44,8 @@ def test_loss_unchanged_when_padding_is_appended():
 def test_per_image_mse_is_mean_over_valid_tokens_only():
     pred, target = torch.randn(2, 6, 4), torch.randn(2, 6, 4)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]).float()
-    loss = per_image_mse(pred, target, mask)
+    loss = per_image_mse(pred, target, pad_sequences([(torch.zeros(n, 4), 1, n) for n in (3, 6)]).layout)
+    assert torch.equal(pad_sequences([(torch.zeros(n, 4), 1, n) for n in (3, 6)]).layout.mask, mask)
     torch.testing.assert_close(loss[0], (pred[0, :3] - target[0, :3]).pow(2).mean())
     torch.testing.assert_close(loss[1], (pred[1] - target[1]).pow(2).mean())
 
@@ -59,11 +60,11 @@ def test_packed_loss_equals_unpacked_per_image():
     packed = pack_sequences(items, rows=[[0, 1], [2]])
     x0 = pack_sequences([(n, h, w) for n, (h, w) in zip(noise, sizes)], rows=[[0, 1], [2]]).x
     tp, yp = torch.tensor([[0.2, 0.5], [0.9, 0.0]]), torch.tensor([[1, 2], [3, 10]])
-    out = flow_loss(model, packed.x, yp, packed.grid, packed.mask, packed.size, packed.segment, t=tp, x0=x0)
+    out = flow_loss(model, packed.x, yp, packed.layout, t=tp, x0=x0)
     singles = []
     for i, (tokens, h, w) in enumerate(items):
         b = pad_sequences([(tokens, h, w)])
-        singles.append(flow_loss(model, b.x, y[i : i + 1], b.grid, b.mask, b.size, t=t[i : i + 1],
+        singles.append(flow_loss(model, b.x, y[i : i + 1], b.layout, t=t[i : i + 1],
                                  x0=noise[i][None]).per_image[0])
     torch.testing.assert_close(out.per_image[0], torch.stack(singles[:2]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.per_image[1, 0], singles[2], atol=1e-5, rtol=1e-5)

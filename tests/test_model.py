@@ -45,7 +45,7 @@ def test_untrained_model_outputs_exact_zero(v1):
     cfg = tiny_config(adaln="full", mlp="swiglu-large", qk_norm=None, learn_sigma=True) if v1 else tiny_config()
     model = FiT(cfg)
     _, batch = _inputs(cfg, [(3, 5), (4, 4)])
-    out = model(batch.x, torch.rand(2), torch.tensor([1, 2]), batch.grid, batch.mask, batch.size)
+    out = model(batch.x, torch.rand(2), torch.tensor([1, 2]), batch.layout)
     assert out.shape == (2, 16, cfg.patch_size**2 * cfg.out_channels)
     assert torch.count_nonzero(out) == 0
     # every block is the identity at init: gates are exactly zero
@@ -60,15 +60,15 @@ def test_padding_never_changes_valid_outputs():
     model = randomize(FiT(cfg)).eval()
     items, batch = _inputs(cfg, [(3, 5), (6, 4), (2, 2)])
     t, y = torch.rand(3), torch.tensor([1, 4, 10])
-    out = model(batch.x, t, y, batch.grid, batch.mask, batch.size)
+    out = model(batch.x, t, y, batch.layout)
     for i, (tokens, h, w) in enumerate(items):
         alone = pad_sequences([(tokens, h, w)])
-        single = model(alone.x, t[i : i + 1], y[i : i + 1], alone.grid, alone.mask, alone.size)
+        single = model(alone.x, t[i : i + 1], y[i : i + 1], alone.layout)
         torch.testing.assert_close(out[i, : h * w], single[0], atol=1e-5, rtol=1e-5)
         assert torch.count_nonzero(out[i, h * w :]) == 0
     # and extra padding at the end changes nothing either
     longer = pad_sequences(items, length=40)
-    out_long = model(longer.x, t, y, longer.grid, longer.mask, longer.size)
+    out_long = model(longer.x, t, y, longer.layout)
     torch.testing.assert_close(out_long[:, : out.shape[1]], out, atol=1e-5, rtol=1e-5)
 
 
@@ -81,11 +81,11 @@ def test_packed_rows_equal_unpacked_images():
     packed = pack_sequences(items, rows=[[0, 1], [2, 3]], length=24)
     tp = torch.stack([t[[0, 1]], t[[2, 3]]])
     yp = torch.stack([y[[0, 1]], y[[2, 3]]])
-    out = model(packed.x, tp, yp, packed.grid, packed.mask, packed.size, segment=packed.segment)
+    out = model(packed.x, tp, yp, packed.layout)
     starts = {0: (0, 0), 1: (0, 15), 2: (1, 0), 3: (1, 16)}
     for i, (tokens, h, w) in enumerate(items):
         alone = pad_sequences([(tokens, h, w)])
-        ref = model(alone.x, t[i : i + 1], y[i : i + 1], alone.grid, alone.mask, alone.size)[0]
+        ref = model(alone.x, t[i : i + 1], y[i : i + 1], alone.layout)[0]
         row, start = starts[i]
         torch.testing.assert_close(out[row, start : start + h * w], ref, atol=1e-5, rtol=1e-5)
 
@@ -93,18 +93,23 @@ def test_packed_rows_equal_unpacked_images():
 @pytest.mark.parametrize("shifted", [True, False])
 def test_segment_modulation_gradients(shifted):
     from fitv2.model.layers import gate_tokens, modulate_tokens
+    from fitv2.tokens import TokenLayout
 
     segment = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 2, 2, 2, 2]])
+    layout = TokenLayout(torch.zeros(2, 2, 6, dtype=torch.long), (segment > 0).float(),
+                         torch.ones(2, 2, 2, dtype=torch.long), segment)
+    rows = layout.flat_image_index()
     x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
     shift, scale = (torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
     if shifted:
-        torch.autograd.gradcheck(lambda a, b, c: modulate_tokens(a, b, c, segment), (x, shift, scale))
+        torch.autograd.gradcheck(lambda a, b, c: modulate_tokens(a, b, c, rows), (x, shift, scale))
     else:
-        torch.autograd.gradcheck(lambda a, b: gate_tokens(a, b, segment), (x, scale))
+        torch.autograd.gradcheck(lambda a, b: gate_tokens(a, b, rows), (x, scale))
     # and the same values as spreading the parameters over the tokens by hand
     spread = [torch.stack([v[b, max(int(k), 1) - 1] for k in segment[b]]) for b in range(2) for v in (shift, scale)]
     by_hand = torch.stack([x[b] * (1 + spread[2 * b + 1]) + spread[2 * b] for b in range(2)])
-    torch.testing.assert_close(modulate_tokens(x, shift, scale, segment), by_hand)
+    torch.testing.assert_close(modulate_tokens(x, shift, scale, rows), by_hand)
+    torch.testing.assert_close(layout.spread(shift), torch.stack(spread[0::2]))
 
 
 def test_packed_rows_give_unpacked_parameter_gradients():
@@ -115,14 +120,13 @@ def test_packed_rows_give_unpacked_parameter_gradients():
     items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in sizes]
     t, y = torch.rand(4), torch.tensor([1, 2, 3, 10])
     packed = pack_sequences(items, rows=[[0, 1], [2, 3]], length=24)
-    out = model(packed.x, torch.stack([t[[0, 1]], t[[2, 3]]]), torch.stack([y[[0, 1]], y[[2, 3]]]), packed.grid,
-                packed.mask, packed.size, segment=packed.segment)
+    out = model(packed.x, torch.stack([t[[0, 1]], t[[2, 3]]]), torch.stack([y[[0, 1]], y[[2, 3]]]), packed.layout)
     out.square().sum().backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     for i, (tokens, h, w) in enumerate(items):
         alone = pad_sequences([(tokens, h, w)])
-        model(alone.x, t[i : i + 1], y[i : i + 1], alone.grid, alone.mask, alone.size).square().sum().backward()
+        model(alone.x, t[i : i + 1], y[i : i + 1], alone.layout).square().sum().backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
@@ -144,13 +148,15 @@ def test_grid_convention():
 
 
 def test_grad_checkpointing_gives_same_gradients():
+    from fitv2.config import Runtime
+
     cfg = tiny_config()
     model = randomize(FiT(cfg)).train()
-    ckpt = randomize(FiT(cfg.replace(grad_checkpointing=True))).train()
+    ckpt = randomize(FiT(cfg, Runtime(grad_checkpointing=True))).train()
     ckpt.load_state_dict(model.state_dict())
     model.y_embedder.dropout_prob = ckpt.y_embedder.dropout_prob = 0.0
     _, batch = _inputs(cfg, [(3, 5), (4, 4)])
-    args = (batch.x, torch.rand(2), torch.tensor([1, 2]), batch.grid, batch.mask, batch.size)
+    args = (batch.x, torch.rand(2), torch.tensor([1, 2]), batch.layout)
     model(*args).square().sum().backward()
     ckpt(*args).square().sum().backward()
     for (name, a), b in zip(model.named_parameters(), ckpt.parameters()):
@@ -168,35 +174,63 @@ def _fake_flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
 
 @pytest.mark.filterwarnings("ignore")
 def test_attention_backends_agree_on_padded_and_packed_rows():
-    from fitv2.model.layers import AttentionPlan, document_block_mask
+    from fitv2.model import attention as A
 
     segment = torch.tensor([[1] * 10 + [2] * 8 + [0] * 6, [1] * 20 + [0] * 4, [1] * 24])
     q, k, v = (torch.randn(3, 2, 24, 16) for _ in range(3))
     valid = (segment > 0)[:, None, :, None]
-    ref = AttentionPlan(segment, "sdpa")(q, k, v)
+    ref = A.SDPA(segment)(q, k, v)
+    # the masked whole-row kernel against attention image by image, written out
+    for b, row in enumerate(segment):
+        for image in row.unique().tolist():
+            idx = (row == image).nonzero().squeeze(1)
+            alone = torch.nn.functional.scaled_dot_product_attention(*(x[b : b + 1, :, idx] for x in (q, k, v)))
+            torch.testing.assert_close(ref[b : b + 1, :, idx], alone, atol=1e-5, rtol=1e-5)
     from torch.nn.attention.flex_attention import flex_attention
 
-    flex_out = flex_attention(q, k, v, block_mask=document_block_mask(segment))
+    flex_out = flex_attention(q, k, v, block_mask=A.document_block_mask(segment))  # eager: the CPU has no compiled one
     torch.testing.assert_close(flex_out, ref, atol=1e-5, rtol=1e-5)
-    varlen = AttentionPlan(segment, "flash-varlen", varlen_fn=_fake_flash_varlen)
-    assert varlen.cu_seqlens.tolist() == [0, 10, 18, 38, 62]
-    torch.testing.assert_close(varlen(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
-    per_image = AttentionPlan(segment, "sdpa-varlen")
+    for cls in (A.FlashVarlen, A.TorchVarlen):  # their contract, with the CUDA kernel replaced
+        varlen = cls(segment, kernel=_fake_flash_varlen)
+        assert varlen.cu_seqlens.tolist() == [0, 10, 18, 38, 62]
+        torch.testing.assert_close(varlen(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
+    per_image = A.PerImageSDPA(segment)
     assert sorted(g.shape for g in per_image.groups) == [(1, 8), (1, 10), (1, 20), (1, 24)]
     torch.testing.assert_close(per_image(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
     # nothing padded: plain SDPA without a mask; heavy padding on the CPU: per image
-    assert AttentionPlan(None).mask is None
-    assert AttentionPlan(torch.tensor([[1] * 4 + [0] * 20, [1] * 24])).backend == "sdpa-varlen"
-    assert AttentionPlan(torch.tensor([[1] * 22 + [0] * 2, [1] * 24])).backend == "sdpa"
+    assert isinstance(A.choose_attention("auto", None), A.SDPA) and A.choose_attention("flex", None).mask is None
+    assert A.choose_attention("auto", torch.tensor([[1] * 4 + [0] * 20, [1] * 24])).name == "sdpa-varlen"
+    assert A.choose_attention("auto", torch.tensor([[1] * 22 + [0] * 2, [1] * 24])).name == "sdpa"
+
+
+def test_attention_names_and_availability():
+    from fitv2.config import ATTENTION_NAMES, Runtime
+    from fitv2.errors import ConfigError
+    from fitv2.model.attention import ATTENTION_BACKENDS, attention_unavailable, choose_attention
+
+    assert ATTENTION_NAMES == ATTENTION_BACKENDS
+    assert attention_unavailable("sdpa", "cpu") is None and attention_unavailable("sdpa-varlen", "cpu") is None
+    assert "CUDA" in attention_unavailable("torch-varlen", "cpu")
+    assert attention_unavailable("flash-varlen", "cpu") is not None
+    with pytest.raises(ConfigError, match="torch-varlen"):
+        choose_attention("torch-varlen", torch.tensor([[1, 1, 0]]))
+    with pytest.raises(ConfigError, match="attention must be one of"):
+        Runtime(attention="fast")
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "sdpa-varlen"])
 def test_model_backends_give_the_same_outputs(backend):
+    from fitv2.config import Runtime
+
     cfg = tiny_config()
     model = randomize(FiT(cfg)).eval()
     items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in [(3, 5), (2, 2), (4, 1)]]
     packed = pack_sequences(items, rows=[[0, 1], [2]], length=20)
-    args = (packed.x, torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]]), packed.grid, packed.mask, packed.size)
-    ref = model(*args, segment=packed.segment)
-    model.attention_backend = backend
-    torch.testing.assert_close(model(*args, segment=packed.segment), ref, atol=1e-5, rtol=1e-5)
+    padded = pad_sequences(items)
+    t, y = torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]])
+    ref = model(packed.x, t, y, packed.layout)
+    ref_padded = model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout)
+    model.runtime = Runtime(attention=backend)
+    torch.testing.assert_close(model(packed.x, t, y, packed.layout), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout),
+                               ref_padded, atol=1e-5, rtol=1e-5)

@@ -15,7 +15,7 @@ from fitv2.model.rope import (
     rope_tables,
     yarn_mscale,
 )
-from fitv2.tokens import make_grid
+from fitv2.tokens import TokenLayout, make_grid
 
 HEAD_DIM = 32
 
@@ -23,7 +23,7 @@ HEAD_DIM = 32
 def _tables(h, w, scaling=RopeScaling(), train_len=8):
     grid = make_grid(h, w)[None]
     size = torch.tensor([[[h, w]]])
-    return rope_tables(grid, size, HEAD_DIM, 10000.0, scaling, train_len)
+    return rope_tables(TokenLayout.of(grid, torch.ones(1, h * w), size), HEAD_DIM, 10000.0, scaling, train_len)
 
 
 def test_origin_is_identity_rotation():
@@ -101,7 +101,8 @@ def test_per_sample_equals_batch_target_for_each_image():
         for i, g in enumerate(grids):
             grid[i, :, : g.shape[1]] = g
         size = torch.tensor([[list(s)] for s in sizes])
-        cos, sin = rope_tables(grid, size, HEAD_DIM, 10000.0, scaling.with_(per_sample=True), 8)
+        mask = (torch.arange(n) < torch.tensor([h * w for h, w in sizes])[:, None]).float()
+        cos, sin = rope_tables(TokenLayout.of(grid, mask, size), HEAD_DIM, 10000.0, scaling.with_(per_sample=True), 8)
         for i, (h, w) in enumerate(sizes):
             ref_cos, ref_sin = _tables(h, w, scaling.with_(target=(h, w)))
             torch.testing.assert_close(cos[i, : h * w], ref_cos[0])

@@ -7,8 +7,7 @@ import torch
 from conftest import randomize, tiny_config
 
 from fitv2.model import FiT, rope_scaling
-from fitv2.sampling import Guidance, SolverConfig, VelocityField, apply_guidance, integrate, sample_tokens
-from fitv2.tokens import size_batch
+from fitv2.sampling import Guidance, SolverConfig, VelocityField, apply_guidance, integrate, noise_tokens, sample_tokens
 
 
 def decay(t, x):  # dx/dt = -x, x(1) = x(0)/e
@@ -78,17 +77,17 @@ def test_velocity_field_uses_null_label_and_skips_uncond_outside_interval():
     model = randomize(FiT(cfg)).eval()
     calls = []
     model.register_forward_hook(lambda m, args, out: calls.append(args[2].tolist()))
-    tokens = size_batch(2, 3, 3, cfg.token_dim)
+    tokens = noise_tokens(2, 3, 3, cfg.token_dim)
     y = torch.tensor([1, 2])
-    field = VelocityField(model, y, tokens, Guidance(scale=2.0, interval=(0.5, 1.0)))
+    field = VelocityField(model, y, tokens.layout, Guidance(scale=2.0, interval=(0.5, 1.0)))
     field(torch.tensor(0.2), tokens.x)
     field(torch.tensor(0.7), tokens.x)
     assert calls == [[1, 2], [1, 2, 10, 10]]
     # the guided velocity equals the formula on separate forwards
     v = field(torch.tensor(0.7), tokens.x)
     tb = torch.full((2,), 0.7)
-    c = model(tokens.x, tb, y, **tokens.model_inputs())
-    u = model(tokens.x, tb, torch.full((2,), 10), **tokens.model_inputs())
+    c = model(tokens.x, tb, y, tokens.layout)
+    u = model(tokens.x, tb, torch.full((2,), 10), tokens.layout)
     torch.testing.assert_close(v, u + 2.0 * (c - u), atol=1e-5, rtol=1e-5)
 
 

@@ -15,13 +15,13 @@ import torch
 from conftest import randomize, tiny_config
 
 from fitv2.checkpoint import save_model_dir, save_tensors
-from fitv2.config import model_config
+from fitv2.config import Runtime, model_config
 from fitv2.data.autoencoder import PixelSpace
 from fitv2.errors import ConfigError, UserError
 from fitv2.generate import Sampler, available_memory, check_memory, estimate_memory, sample_generators
 from fitv2.model import FiT
-from fitv2.model import layers as layers_module
-from fitv2.model.layers import AttentionPlan
+from fitv2.model import attention as attention_module
+from fitv2.model.attention import choose_attention
 from fitv2.sampling import (
     LAST_STEPS,
     SDE_DIFFUSIONS,
@@ -238,7 +238,7 @@ def test_progress_reaches_every_solver_step(capsys):
 
 
 def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
-    monkeypatch.setattr(layers_module, "_flex_support", {})  # decide afresh in this test
+    monkeypatch.setattr(attention_module, "_flex_support", {})  # decide afresh in this test
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = tiny_config()
     model = randomize(FiT(cfg)).eval().to(device)
@@ -246,24 +246,24 @@ def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
     cases = [(pad_sequences(items), torch.rand(4), torch.tensor([1, 2, 3, 4]), None),
              (pack_sequences(items, [[0, 1], [2, 3]]), torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]]), True)]
     with torch.no_grad():
-        eager = [model(b.x.to(device), t.to(device), y.to(device), **b.to(device).model_inputs()) for b, t, y, _ in
+        eager = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout) for b, t, y, _ in
                  cases]
-        model.attention_backend = "flex"
+        model.runtime = Runtime(attention="flex")
         for block in model.blocks:
             block.compile(dynamic=True)  # as train.py compiles them
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            compiled = [model(b.x.to(device), t.to(device), y.to(device), **b.to(device).model_inputs())
+            compiled = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout)
                         for b, t, y, _ in cases]
             segment = torch.tensor([[1] * 5 + [0] * 3]).to(device)
-            plan = AttentionPlan(segment, "flex")
+            plan = choose_attention("flex", segment)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     fallbacks = [w for w in caught if "FlexAttention" in str(w.message)]
-    if layers_module._flex_support[(str(torch.device(device)), False)]:
-        assert plan.backend == "flex" and not fallbacks
+    if attention_module._flex_support[(str(torch.device(device)), False)]:
+        assert plan.name == "flex" and not fallbacks
     else:  # decided once: one warning however many plans are built
-        assert plan.backend in ("sdpa", "sdpa-varlen") and len(fallbacks) == 1
+        assert plan.name in ("sdpa", "sdpa-varlen") and len(fallbacks) == 1
 
 
 # ----------------------------------------------------------------------------- 6. demo report

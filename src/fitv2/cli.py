@@ -137,13 +137,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     opts = SampleOptions.from_dict(given(args, SampleOptions))
     opts.check_environment()
+    from .config import Runtime
     from .generate import Sampler, check_size, write_samples
     from .model.rope import rope_scaling
     from .sampling import Guidance, SolverConfig
 
     sizes = opts.size_list
     sampler = Sampler.load(opts.checkpoint, preset=opts.preset, weights=opts.weights,
-                           autoencoder=opts.autoencoder, device=opts.device)
+                           autoencoder=opts.autoencoder, device=opts.device, runtime=Runtime(attention=opts.attention))
     for height, width in sizes:  # fail before any work on a bad size
         check_size(height, width, sampler.unit)
     labels = sampler.labels(per_class=opts.per_class, num=opts.num, labels=opts.label_list, seed=opts.seed)

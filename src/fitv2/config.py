@@ -74,8 +74,6 @@ class ModelConfig:
     """t ∈ [0, 1] (rectified flow, clamped after time shifting); False passes DDPM steps as they are."""
     time_shifting: float = 1.0
     """Warp of the time fed to the embedder, t → s·t / (1 + (s−1)·t) (reference knob, 1 = off)."""
-    grad_checkpointing: bool = False
-    """Recompute block activations in the backward pass to save memory."""
 
     def __post_init__(self) -> None:
         # Types first: a JSON or KEY=VALUE 'abc' for an int field is an error, not a crash later.
@@ -133,6 +131,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A config from a saved dict; keys that used to be model fields but now are runtime options
+        (``grad_checkpointing``) are dropped, so older checkpoints load."""
+        data = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -141,6 +142,44 @@ class ModelConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+PRECISIONS = ("fp32", "bf16")
+# The kernels of fitv2.model.attention (a test checks that the two lists agree).
+ATTENTION_NAMES = ("auto", "sdpa", "sdpa-varlen", "flex", "flash-varlen", "torch-varlen")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a model runs, apart from what it computes: none of these change the weights, and the
+    result only by rounding. Chosen per run (``train`` / ``sample`` options), never saved with the
+    architecture."""
+
+    attention: str = "auto"
+    """Attention kernel (:data:`fitv2.model.attention.ATTENTION_BACKENDS`); 'auto' picks per batch."""
+    grad_checkpointing: bool = False
+    """Recompute block activations in the backward pass to save memory."""
+    compile: bool = False
+    """torch.compile each transformer block (dynamic shapes: sequence lengths vary)."""
+    precision: str = "fp32"
+    """'bf16': autocast for matmuls; parameters, norms, RoPE, the loss and the solver stay fp32."""
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_NAMES:
+            raise ConfigError(f"attention must be one of {ATTENTION_NAMES}, got {self.attention!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+    def autocast(self, device):
+        """The autocast context of this precision on ``device`` (a no-op for fp32)."""
+        import torch  # here, so that the CLI's --help imports no torch
+
+        device = torch.device(device)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+# Runtime options older checkpoints saved among the model fields.
+RUNTIME_FIELDS = ("grad_checkpointing",)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -209,4 +248,4 @@ def ablation_config(row: str, base: str = "FiTv2-B/2", **overrides: Any) -> tupl
     return cfg, dict(spec["train"])
 
 
-__all__ = ["ABLATIONS", "PRESETS", "ModelConfig", "ablation_config", "model_config", "preset_names"]
+__all__ = ["ABLATIONS", "PRESETS", "ModelConfig", "Runtime", "ablation_config", "model_config", "preset_names"]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .tokens import TokenLayout
+
 TIME_SAMPLINGS = ("uniform", "logit-normal")
 
 
@@ -44,22 +46,14 @@ def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
     return t * x1 + (1 - t) * x0, x1 - x0
 
 
-def tokenwise_time(t: Tensor, segment: Tensor | None) -> Tensor:
-    """Per-image times (B,) or (B, n) -> a tensor that broadcasts against (B, N, C)."""
-    if t.dim() == 1:
-        return t[:, None, None]
-    if segment is None:
-        return t[:, :1, None]
-    return t.gather(1, (segment - 1).clamp(min=0))[..., None]
-
-
-def per_image_mse(pred: Tensor, target: Tensor, mask: Tensor, segment: Tensor | None = None) -> Tensor:
+def per_image_mse(pred: Tensor, target: Tensor, layout: TokenLayout) -> Tensor:
     """Mean squared error over each image's own tokens and channels.
 
     Padding never counts, and every image weighs the same whatever its token count. Unpacked
     rows give (B,) — the reference's mean(((pred − u)·mask)²)·N/n_valid; packed rows give
     (B, n) with the images of each row in order (zeros for empty slots).
     """
+    mask, segment = layout.mask, layout.segment
     err = ((pred - target) * mask[..., None]).float().pow(2)  # (B, N, C)
     if segment is None:
         return err.mean(dim=(1, 2)) * (mask.shape[1] / mask.float().sum(dim=1))
@@ -79,11 +73,10 @@ class FlowLoss:
     t: Tensor
 
 
-def flow_loss(model, x1: Tensor, y: Tensor, grid: Tensor, mask: Tensor, size: Tensor,
-              segment: Tensor | None = None, *, time_sampler: TimeSampler = TimeSampler(),
-              t: Tensor | None = None, x0: Tensor | None = None,
-              generator: torch.Generator | None = None, **model_kwargs) -> FlowLoss:
-    """Rectified-flow loss of ``model`` on clean tokens x1 (B, N, C).
+def flow_loss(model, x1: Tensor, y: Tensor, layout: TokenLayout, *, time_sampler: TimeSampler = TimeSampler(),
+              t: Tensor | None = None, x0: Tensor | None = None, generator: torch.Generator | None = None,
+              **model_kwargs) -> FlowLoss:
+    """Rectified-flow loss of ``model`` on clean tokens x1 (B, N, C) laid out as ``layout``.
 
     t: per image, (B,) or (B, n) for packed rows; drawn from ``time_sampler`` if not given.
     x0: the noise; drawn if not given (padding gets noise too, as in the reference).
@@ -91,14 +84,11 @@ def flow_loss(model, x1: Tensor, y: Tensor, grid: Tensor, mask: Tensor, size: Te
     if x0 is None:
         x0 = torch.randn(x1.shape, generator=generator).to(x1.device, x1.dtype)
     if t is None:
-        shape = (x1.shape[0],) if segment is None else (x1.shape[0], size.shape[1])
+        shape = (x1.shape[0],) if not layout.packed else (x1.shape[0], layout.images_per_row)
         t = time_sampler(shape, generator=generator, device=x1.device)
-    xt, ut = interpolate(x0, x1, tokenwise_time(t, segment))
-    pred = model(xt, t, y, grid, mask, size, segment=segment, **model_kwargs)
-    per_image = per_image_mse(pred, ut, mask, segment)
-    if segment is None:
-        loss = per_image.mean()
-    else:
-        real = size.prod(-1) > 0  # (B, n): slots that hold an image
-        loss = per_image[real].mean()
+    t_tokens = t[:, None, None] if t.dim() == 1 else layout.spread(t)[..., None]  # broadcasts over (B, N, C)
+    xt, ut = interpolate(x0, x1, t_tokens)
+    pred = model(xt, t, y, layout, **model_kwargs)
+    per_image = per_image_mse(pred, ut, layout)
+    loss = per_image.mean() if not layout.packed else per_image[layout.real_images()].mean()
     return FlowLoss(loss, per_image, t)

@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_model
+from .config import Runtime
 from .data.autoencoder import Autoencoder, load_autoencoder, to_uint8
 from .errors import ConfigError, UserError
 from .model.fit import FiT
@@ -25,6 +26,7 @@ from .model.flops import inference_activation_bytes
 from .model.rope import NAMED_SCALINGS, RopeScaling
 from .plot import image_grid
 from .sampling import Guidance, SolverConfig, sample_tokens
+from .seeds import generator
 from .tokens import unpatchify
 
 
@@ -55,8 +57,7 @@ def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
 
 def sample_generators(seed: int, height: int, width: int, indices) -> list[torch.Generator]:
     """One generator per sample, seeded from (seed, height, width, index) alone."""
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, height, width, int(i)])
-                                               .generate_state(1, np.uint64)[0])) for i in indices]
+    return [generator(seed, height, width, int(i)) for i in indices]
 
 
 # Values (B, N, token features) a solver keeps besides the model's own: state, velocities, stages.
@@ -216,7 +217,9 @@ class Sampler:
 
     @classmethod
     def load(cls, checkpoint: str | Path, preset: str | None = None, weights: str = "ema",
-             autoencoder: str | None = None, device: str = "cpu", **overrides) -> Sampler:
+             autoencoder: str | None = None, device: str = "cpu", runtime: Runtime = Runtime(),
+             **overrides) -> Sampler:
+        """``runtime``: how the model runs (attention kernel); the weights and config come from the checkpoint."""
         path = Path(checkpoint)
         if path.is_dir() and (path / "config.json").is_file():
             saved = json.loads((path / "config.json").read_text())
@@ -230,6 +233,7 @@ class Sampler:
             raise CheckpointError(f"{path / 'config.json'} records training RoPE {rope!r}, which is not one of: "
                                   f"{', '.join(NAMED_SCALINGS)}")
         model = load_model(path, preset=preset, weights=weights, device=device, **overrides)
+        model.runtime = runtime
         ae = load_autoencoder(autoencoder, device=device, recorded=meta.get("autoencoder"))
         channels = model.config.in_channels
         if ae.channels != channels:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import PRESETS, model_config
+from .config import ATTENTION_NAMES, PRESETS, Runtime, model_config
 from .errors import ConfigError, MissingFileError, UserError
 from .schema import build, check_fields, opt
 
@@ -54,6 +54,21 @@ def check_output_dir(path: str, what: str = "--out") -> None:
     for parent in (p, *p.parents):
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"{what} {path}: {parent} is a file, not a folder")
+
+
+def check_attention(name: str, device: str) -> None:
+    """An attention kernel this machine can run on ``device``."""
+    if name == "auto":
+        return
+    import torch
+
+    from .model.attention import attention_unavailable
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    why = attention_unavailable(name, device)
+    if why is not None:
+        raise ConfigError(f"--attention {name} {why}")
 
 
 def check_exists(path: str, what: str) -> None:
@@ -152,11 +167,17 @@ class TrainConfig(Options):
                                              "RoPE and loss stay fp32")
     seed: int = opt(0, ge=0, help="seed of initialisation, data order and noise")
     bucket: int = opt(0, ge=0, help="sort chunks of bucket × batch examples by length to reduce padding (0 = off)")
-    pack: int | None = opt(None, ge=0, help="pack examples into rows of this many tokens instead of padding "
-                           "(first fit, longest first); 0 = each rank's batch in one row with no padding")
+    batching: Literal["pad", "pack", "flat"] = opt("pad", help="'pad': one image per row, padded to the longest; "
+                                                   "'pack': images first fit (longest first) into rows of "
+                                                   "--row-length tokens; 'flat': each rank's batch in one row, "
+                                                   "no padding")
+    row_length: int | None = opt(None, ge=1, help="tokens per row for --batching pack (not set: the dataset's "
+                                 "token budget)")
     rope: str = opt("none", choices=ROPE_NAMES,
                     help="RoPE extrapolation during training, per image (e.g. vision-ntk for high-resolution tuning)")
     device: str = opt("auto", help="auto, cpu, cuda, cuda:N or mps")
+    attention: str = opt("auto", choices=ATTENTION_NAMES, help="attention kernel (auto: flex on CUDA, else SDPA "
+                         "over whole rows or per image, whichever does less work)")
     compile: bool = opt(False, help="torch.compile each transformer block")
     grad_checkpointing: bool = opt(False, help="activation checkpointing: recompute each block in the backward pass")
     fsdp: bool = opt(False, help="under torchrun: shard parameters, gradients and optimizer state with FSDP2")
@@ -183,6 +204,29 @@ class TrainConfig(Options):
                               "subset that partial fine-tuning trains)")
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume contradict each other: choose one")
+        if self.row_length is not None and self.batching != "pack":
+            raise ConfigError(f"--row-length is the row of --batching pack; with --batching {self.batching} "
+                              "rows are as long as the batch needs")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "options"):
+        """Options from a mapping; a saved config of an earlier version (``pack``: None, 0 or L) still loads."""
+        data = dict(data)
+        model = data.get("model")
+        if isinstance(model, dict) and "grad_checkpointing" in model:  # once a model field, now a run option
+            model = dict(model)
+            data.setdefault("grad_checkpointing", bool(model.pop("grad_checkpointing")))
+            data["model"] = model
+        if "pack" in data:
+            pack = data.pop("pack")
+            data.setdefault("batching", "pad" if pack is None else "flat" if pack == 0 else "pack")
+            if pack:
+                data.setdefault("row_length", pack)
+        return build(cls, data, source)
+
+    def runtime(self) -> Runtime:
+        """How the model runs in this run (not part of the architecture)."""
+        return Runtime(self.attention, self.grad_checkpointing, self.compile, self.precision)
 
     def check_environment(self) -> None:
         """Checks against this machine and the file system, before any data is read."""
@@ -193,6 +237,7 @@ class TrainConfig(Options):
             raise MissingFileError(f"{self.data} is not a token dataset (no index.json; see `fitv2 prepare`)")
         check_output_dir(self.out)
         check_device(self.device)
+        check_attention(self.attention, self.device)
         if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
             raise ConfigError("--fsdp shards across processes: launch with torchrun (e.g. torchrun --nproc_per_node "
                               "2 -m fitv2.cli train ...), or drop --fsdp")
@@ -228,6 +273,8 @@ class SampleOptions(Options):
     seed: int = opt(0, ge=0, help="seed of the noise and the random labels")
     batch_size: int = opt(64, ge=1, help="images per model call (does not change the images)")
     device: str = opt("cpu", help="auto, cpu, cuda, cuda:N or mps")
+    attention: str = opt("auto", choices=ATTENTION_NAMES, help="attention kernel (does not change the images "
+                         "beyond rounding)")
     out: str = opt("runs/samples", help="output folder")
     force: bool = opt(False, help="sample even when the estimated memory exceeds what is free")
     progress: bool = opt(True, help="progress bars")
@@ -279,6 +326,7 @@ class SampleOptions(Options):
             check_exists(self.autoencoder, "VAE folder")
         check_output_dir(self.out)
         check_device(self.device)
+        check_attention(self.attention, self.device)
 
 
 def parse_size(text: str) -> tuple[int, int]:

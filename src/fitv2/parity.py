@@ -28,6 +28,7 @@ from .flow import TimeSampler, flow_loss
 from .model.fit import FiT
 from .model.rope import RopeScaling, attention_scale_factor, image_frequencies, rope_scaling, rope_tables, yarn_mscale
 from .sampling import Guidance, SolverConfig, apply_guidance, integrate
+from .tokens import TokenLayout
 
 _QK_NORMS = {None: (None, False), "": (None, False), "none": (None, False), "layernorm": ("layernorm", False),
              "w_layernorm": ("layernorm", True), "rmsnorm": ("rmsnorm", False), "w_rmsnorm": ("rmsnorm", True)}
@@ -108,15 +109,15 @@ def _tokens_first(x: Tensor, ref: dict[str, Any]) -> Tensor:
     return x if ref.get("use_sit", True) else x.transpose(1, 2)
 
 
-def _reference_cfg(model: FiT, rope: RopeScaling, x: Tensor, t: Tensor, y: Tensor, grid: Tensor, mask: Tensor,
-                   size: Tensor, cfg_scale: float, scale_pow: float) -> Tensor:
+def _reference_cfg(model: FiT, rope: RopeScaling, x: Tensor, t: Tensor, y: Tensor, layout: TokenLayout,
+                   cfg_scale: float, scale_pow: float) -> Tensor:
     """The reference's doubled-batch guided forward, built from this project's pieces.
 
     Both halves see the first half of x; the guided features go to both halves, the rest of
     each half keeps its own (conditional / unconditional) prediction.
     """
     half = x[: len(x) // 2]
-    out = model(torch.cat([half, half]), t, y, grid, mask, size, rope=rope)
+    out = model(torch.cat([half, half]), t, y, layout, rope=rope)
     cond, uncond = out.chunk(2)
     guidance = Guidance(scale=cfg_scale, channels="reference",
                         schedule="constant" if scale_pow == 0 else "power-cos", power=scale_pow)
@@ -125,17 +126,25 @@ def _reference_cfg(model: FiT, rope: RopeScaling, x: Tensor, t: Tensor, y: Tenso
     return torch.cat([guided, torch.cat([guided[..., :n], uncond[..., n:]], dim=-1)])
 
 
+def _layout(inputs: dict[str, Tensor]) -> TokenLayout:
+    """The reference passes grid, mask and (not always) size as loose tensors; one layout from them."""
+    grid = inputs["grid"]
+    mask = inputs.get("mask")
+    mask = torch.ones(grid.shape[0], grid.shape[2]) if mask is None else mask
+    return TokenLayout.of(grid, mask, inputs.get("size"))
+
+
 def run_forward(fx: Fixture, case: dict[str, Any]) -> dict[str, Tensor]:
     model, ref = fx.model(case["model"], case["constructor_overrides"])
     rope = rope_from_reference(ref)
     a = fx.inputs(case)
     x = _tokens_first(a["x"], ref)
+    layout = _layout(a)
     if case["call"] == "forward_with_cfg":
         args = case["call_args"]
-        out = _reference_cfg(model, rope, x, a["t"], a["y"], a["grid"], a["mask"], a["size"],
-                             args["cfg_scale"], args.get("scale_pow", 0.0))
+        out = _reference_cfg(model, rope, x, a["t"], a["y"], layout, args["cfg_scale"], args.get("scale_pow", 0.0))
     else:
-        out = model(x, a["t"], a["y"], a["grid"], a["mask"], a["size"], rope=rope)
+        out = model(x, a["t"], a["y"], layout, rope=rope)
     results = {"out": _tokens_first(out, ref)}
     results.update(_rope_intermediates(model.config, rope, a["size"]))
     return results
@@ -159,12 +168,8 @@ def run_rope(fx: Fixture, case: dict[str, Any]) -> dict[str, Tensor]:
     model, ref = fx.model(case["model"], case["constructor_overrides"])
     rope = rope_from_reference(ref)
     a = fx.inputs(case)
-    grid = a["grid"].long()
-    size = a.get("size")
-    if size is None:
-        size = torch.stack([grid[:, 1].amax(-1), grid[:, 0].amax(-1)], dim=-1)[:, None] + 1
     cfg = model.config
-    cos, sin = rope_tables(grid, size, cfg.head_dim, cfg.rope_theta, rope, cfg.rope_train_len)
+    cos, sin = rope_tables(_layout(a), cfg.head_dim, cfg.rope_theta, rope, cfg.rope_train_len)
     return {"freqs_cos": cos, "freqs_sin": sin}
 
 
@@ -193,8 +198,7 @@ def run_loss(fx: Fixture, case: dict[str, Any]) -> dict[str, Tensor]:
     a = fx.inputs(case)
     t = _time_from_draw(args["transport"], a["u"])
     x1, x0 = _tokens_first(a["x1"], ref), _tokens_first(a["x0"], ref)
-    result = flow_loss(model, x1, a["y"], a["grid"], a["mask"], a["size"], t=t, x0=x0,
-                       rope=rope_from_reference(ref))
+    result = flow_loss(model, x1, a["y"], _layout(a), t=t, x0=x0, rope=rope_from_reference(ref))
     return {"t": t, "loss": result.per_image}
 
 
@@ -206,24 +210,24 @@ def run_ode(fx: Fixture, case: dict[str, Any]) -> dict[str, Tensor]:
     if args.get("reverse"):
         raise Unsupported("reverse-time ODE")
     a = fx.inputs(case)
-    z, y, grid, mask, size = _tokens_first(a["z"], ref), a["y"], a["grid"], a["mask"], a["size"]
+    z, y, layout = _tokens_first(a["z"], ref), a["y"], _layout(a)
     cfg_scale = args.get("cfg_scale")
     times: list[float] = []
     if cfg_scale is not None:
         null = torch.full_like(y, model.config.num_classes)
         y2 = torch.cat([y, null])
-        grid2, mask2, size2 = torch.cat([grid, grid]), torch.cat([mask, mask]), torch.cat([size, size])
+        layout2 = layout.repeat(2)
         z = torch.cat([z, z])
 
         def velocity(t: Tensor, x: Tensor) -> Tensor:
             times.append(float(t))
             tb = torch.ones(x.shape[0]) * t
-            return _reference_cfg(model, rope, x, tb, y2, grid2, mask2, size2, cfg_scale, args.get("scale_pow", 0.0))
+            return _reference_cfg(model, rope, x, tb, y2, layout2, cfg_scale, args.get("scale_pow", 0.0))
     else:
 
         def velocity(t: Tensor, x: Tensor) -> Tensor:
             times.append(float(t))
-            return model(x, torch.ones(x.shape[0]) * t, y, grid, mask, size, rope=rope)
+            return model(x, torch.ones(x.shape[0]) * t, y, layout, rope=rope)
 
     solver = SolverConfig(solver=args.get("sampling_method", "dopri5"), steps=args["num_steps"] - 1,
                           atol=args.get("atol", 1e-6), rtol=args.get("rtol", 1e-3))

@@ -33,10 +33,13 @@ RUN_ENTRIES = ("checkpoints", "log.jsonl", "loss.png", "config.json", "tensorboa
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "train_state.pt")
 # Options that only say how long or how to run. Any other option changes what is trained, so a
-# resume must keep the checkpoint's value; a new option is refused until it is listed here.
+# resume must keep the checkpoint's value; a new option is refused until it is listed here. Batching
+# is one of them: every example's noise and time are keyed by its place in the global batch and the
+# loss is a mean over images, so padded, packed and flat rows train the same model.
 RUN_ONLY_OPTIONS = frozenset({
     "steps", "max_minutes", "train_tokens", "log_every", "ckpt_every", "keep_checkpoints", "progress", "tensorboard",
-    "device", "compile", "grad_checkpointing", "fsdp", "resume", "overwrite", "out"})
+    "device", "attention", "compile", "grad_checkpointing", "batching", "row_length", "pack", "fsdp", "resume",
+    "overwrite", "out"})
 RUN_ONLY_MODEL_FIELDS = frozenset({"grad_checkpointing"})
 _STEP = re.compile(r"step_(\d+)")
 

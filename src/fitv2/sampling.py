@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from torch import Tensor
 from .diffusion import Diffusion, Generators, ddpm_sample, gaussian
 from .errors import ConfigError
 from .model.rope import RopeScaling
-from .tokens import TokenBatch, make_grid
+from .tokens import TokenBatch, TokenLayout, image_layout
 
 GUIDED_CHANNELS = ("all", "reference")
 GUIDANCE_SCHEDULES = ("constant", "power-cos")
@@ -91,32 +91,28 @@ def apply_guidance(cond: Tensor, uncond: Tensor, scale: Tensor | float, guided_f
 class VelocityField:
     """v(t, x) of a model for fixed labels, positions and guidance; counts evaluations."""
 
-    def __init__(self, model, y: Tensor, tokens: TokenBatch, guidance: Guidance = Guidance(),
+    def __init__(self, model, y: Tensor, layout: TokenLayout, guidance: Guidance = Guidance(),
                  rope: RopeScaling | None = None, null_label: int | None = None):
         self.model = model
         self.y = y
-        self.tokens = tokens
+        self.layout = layout
+        self.doubled = layout.repeat(2) if guidance.doubles_batch else None  # conditional, then unconditional
         self.guidance = guidance
         self.rope = rope
         self.null_label = model.config.num_classes if null_label is None else null_label
         self.out_channels = model.config.in_channels * model.config.patch_size**2
         self.evaluations = 0
-        self.times: list[float] = []
-
-    def _forward(self, x: Tensor, t: Tensor, y: Tensor, tokens: TokenBatch) -> Tensor:
-        return self.model(x, t, y, **tokens.model_inputs(), rope=self.rope)
 
     def output(self, x: Tensor, t_model: Tensor, t_flow: Tensor) -> Tensor:
         """All output features of the guided model at model time t_model (B,); guidance is decided and
         scheduled on flow time t_flow (B,). Only the prediction features (not a learned-sigma half) are
         guided."""
         self.evaluations += 1
-        self.times.append(float(t_flow[0]))
         if not self.guidance.active(float(t_flow[0])):
-            return self._forward(x, t_model, self.y, self.tokens)
-        doubled = _double(self.tokens)
+            return self.model(x, t_model, self.y, self.layout, rope=self.rope)
         y_null = torch.full_like(self.y, self.null_label)
-        out = self._forward(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([self.y, y_null]), doubled)
+        out = self.model(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([self.y, y_null]), self.doubled,
+                         rope=self.rope)
         cond, uncond = out.chunk(2)
         guided = self.guidance.guided_features(self.model.config.patch_size) or self.out_channels
         return apply_guidance(cond, uncond, self.guidance.scale_at(t_flow), guided)
@@ -130,12 +126,6 @@ class VelocityField:
         out = self.output(x, timestep, torch.full_like(timestep, t_flow))
         eps = out[..., : self.out_channels]
         return eps, out[..., self.out_channels :] if self.model.config.learn_sigma else None
-
-
-def _double(tokens: TokenBatch) -> TokenBatch:
-    seg = torch.cat([tokens.segment, tokens.segment]) if tokens.segment is not None else None
-    return TokenBatch(torch.cat([tokens.x, tokens.x]), torch.cat([tokens.grid, tokens.grid]),
-                      torch.cat([tokens.mask, tokens.mask]), torch.cat([tokens.size, tokens.size]), seg)
 
 
 # ----------------------------------------------------------------------------- solvers
@@ -158,7 +148,6 @@ class SolverConfig:
     last_step: str = "Mean"
     last_step_size: float = 0.04
     sample_eps: float = 1e-3
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -300,9 +289,7 @@ def noise_tokens(batch_size: int, h: int, w: int, token_dim: int, generator: Gen
                  noise: Tensor | None = None) -> TokenBatch:
     """Sampling inputs on the CPU: B images of h × w tokens (no padding), Gaussian unless ``noise`` is given."""
     x = noise if noise is not None else gaussian((batch_size, h * w, token_dim), generator)
-    grid = make_grid(h, w).expand(batch_size, -1, -1)
-    size = torch.tensor([h, w]).expand(batch_size, 1, 2)
-    return TokenBatch(x, grid, torch.ones(batch_size, h * w), size)
+    return TokenBatch(x, image_layout(batch_size, h, w))
 
 
 @torch.no_grad()
@@ -328,7 +315,7 @@ def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig
     device = next(model.parameters()).device
     labels = labels.to(device)
     tokens = noise_tokens(labels.shape[0], h, w, model.config.token_dim, generator, noise).to(device)
-    field_ = VelocityField(model, labels, tokens, guidance, rope)
+    field_ = VelocityField(model, labels, tokens.layout, guidance, rope)
     bar = None
     if progress and on_step is None:
         from tqdm import tqdm

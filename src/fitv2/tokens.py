@@ -39,15 +39,99 @@ def make_grid(h: int, w: int) -> Tensor:
     return torch.stack([cols.reshape(-1), rows.reshape(-1)])
 
 
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where every token of a batch sits: its image, its grid position, and whether it is real.
+
+    Built once, by the loader for training and by the sampler for generation, and passed as
+    one object to the model, the loss and the solvers. A row holds one image (padded) or
+    several (packed: ``segment`` says which image each token belongs to).
+    """
+
+    grid: Tensor  # (B, 2, N) long: row 0 column index, row 1 row index; padding (0, 0)
+    mask: Tensor  # (B, N) float, 1 = real token
+    size: Tensor  # (B, n, 2) long, (h, w) in tokens of each image of a row; (0, 0) = empty slot
+    segment: Tensor | None = None  # (B, N) long, 1-based image of each token, 0 = padding; packed rows only
+
+    @classmethod
+    def of(cls, grid: Tensor, mask: Tensor, size: Tensor | None = None, segment: Tensor | None = None) -> TokenLayout:
+        """A layout from loose tensors (as the released code passes them); ``size`` from the grid if missing."""
+        grid = grid.long()
+        if size is None:  # one image per row, as large as its largest position
+            size = torch.stack([grid[:, 1].amax(-1), grid[:, 0].amax(-1)], dim=-1)[:, None] + 1  # (B, 1, 2)
+        return cls(grid, mask, size.long(), segment)
+
+    @property
+    def batch_size(self) -> int:
+        return self.grid.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.grid.shape[2]
+
+    @property
+    def images_per_row(self) -> int:
+        return self.size.shape[1]
+
+    @property
+    def packed(self) -> bool:
+        return self.segment is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.grid.device
+
+    def attention_segment(self) -> Tensor | None:
+        """Which tokens may see each other: equal ids (B, N), 0 = padding; None when every token sees every
+        token of its row (nothing padded, nothing packed)."""
+        if self.segment is not None:
+            return self.segment
+        if bool(self.mask.bool().all()):
+            return None
+        return self.mask.long()  # one image per row: valid = 1, padding = 0
+
+    def flat_image_index(self) -> Tensor | None:
+        """Each token's image as a row of the flattened per-image table (B·n, ·): (B·N,) long; padding
+        points at its row's first image. None when every row holds one image (values broadcast)."""
+        if self.segment is None:
+            return None
+        B, n = self.batch_size, self.images_per_row
+        return ((self.segment - 1).clamp(min=0) + n * torch.arange(B, device=self.segment.device)[:, None]).reshape(-1)
+
+    def spread(self, values: Tensor) -> Tensor:
+        """Per-image values (B, n, ...) -> per-token (B, N, ...), or (B, 1, ...) when every row holds one
+        image (they broadcast over its tokens)."""
+        index = self.flat_image_index()
+        if index is None:
+            return values[:, :1]
+        rest = values.shape[2:]
+        # Whole rows by index_select: far cheaper than an element-wise gather, forward and backward.
+        return values.reshape(-1, *rest).index_select(0, index).reshape(self.batch_size, self.length, *rest)
+
+    def real_images(self) -> Tensor:
+        """(B, n) bool: the slots that hold an image."""
+        return self.size.prod(-1) > 0
+
+    def valid_tokens(self) -> int:
+        return int(self.mask.sum())
+
+    def to(self, device: torch.device | str) -> TokenLayout:
+        seg = self.segment.to(device) if self.segment is not None else None
+        return TokenLayout(self.grid.to(device), self.mask.to(device), self.size.to(device), seg)
+
+    def repeat(self, times: int) -> TokenLayout:
+        """The layout of ``times`` copies of the batch one after another (guidance doubles the batch)."""
+        seg = torch.cat([self.segment] * times) if self.segment is not None else None
+        return TokenLayout(torch.cat([self.grid] * times), torch.cat([self.mask] * times),
+                           torch.cat([self.size] * times), seg)
+
+
 @dataclass
 class TokenBatch:
-    """A batch of images as padded (or packed) token sequences."""
+    """A batch of images as token sequences: values and their layout."""
 
     x: Tensor  # (B, N, C·p·p) token values
-    grid: Tensor  # (B, 2, N) long
-    mask: Tensor  # (B, N) float, 1 = real token
-    size: Tensor  # (B, n, 2) long, (h, w) per image of a row
-    segment: Tensor | None = None  # (B, N) long, 1-based image id per token, 0 = padding (packed rows only)
+    layout: TokenLayout
 
     @property
     def batch_size(self) -> int:
@@ -58,15 +142,7 @@ class TokenBatch:
         return self.x.shape[1]
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        seg = self.segment.to(device) if self.segment is not None else None
-        return TokenBatch(self.x.to(device), self.grid.to(device), self.mask.to(device), self.size.to(device), seg)
-
-    def model_inputs(self) -> dict[str, Tensor | None]:
-        """Keyword arguments for FiT.forward besides x, t and y."""
-        return dict(grid=self.grid, mask=self.mask, size=self.size, segment=self.segment)
-
-    def valid_tokens(self) -> int:
-        return int(self.mask.sum())
+        return TokenBatch(self.x.to(device), self.layout.to(device))
 
 
 def pad_sequences(items: list[tuple[Tensor, int, int]], length: int | None = None) -> TokenBatch:
@@ -89,7 +165,7 @@ def pad_sequences(items: list[tuple[Tensor, int, int]], length: int | None = Non
         grid[i, :, :n] = make_grid(h, w)
         mask[i, :n] = 1
         size[i, 0] = torch.tensor([h, w])
-    return TokenBatch(x, grid, mask, size)
+    return TokenBatch(x, TokenLayout(grid, mask, size))
 
 
 def pack_sequences(items: list[tuple[Tensor, int, int]], rows: list[list[int]],
@@ -122,17 +198,17 @@ def pack_sequences(items: list[tuple[Tensor, int, int]], rows: list[list[int]],
             segment[r, start : start + n] = slot + 1
             size[r, slot] = torch.tensor([h, w])
             start += n
-    return TokenBatch(x, grid, mask, size, segment)
+    return TokenBatch(x, TokenLayout(grid, mask, size, segment))
 
 
-def first_fit_rows(lengths: list[int], budget: int) -> list[list[int]]:
-    """Assign sequences to rows of at most ``budget`` tokens, longest first, first fit."""
+def first_fit_rows(lengths: list[int], row_length: int) -> list[list[int]]:
+    """Assign sequences to rows of at most ``row_length`` tokens, longest first, first fit."""
     rows: list[list[int]] = []
     free: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
         n = lengths[i]
-        if n > budget:
-            raise ValueError(f"a sequence of {n} tokens does not fit the packing budget {budget}")
+        if n > row_length:
+            raise ValueError(f"a sequence of {n} tokens does not fit a row of {row_length}")
         for r, room in enumerate(free):
             if n <= room:
                 rows[r].append(i)
@@ -140,16 +216,13 @@ def first_fit_rows(lengths: list[int], budget: int) -> list[list[int]]:
                 break
         else:
             rows.append([i])
-            free.append(budget - n)
+            free.append(row_length - n)
     return rows
 
 
-def size_batch(batch_size: int, h: int, w: int, token_dim: int, device: torch.device | str = "cpu",
-               generator: torch.Generator | None = None) -> TokenBatch:
-    """A batch of Gaussian noise tokens for sampling B images of h × w tokens (no padding)."""
+def image_layout(batch_size: int, h: int, w: int) -> TokenLayout:
+    """The layout of B images of h × w tokens each: one image per row, nothing padded."""
     n = h * w
-    x = torch.randn(batch_size, n, token_dim, generator=generator, device=device)
-    grid = make_grid(h, w).to(device).expand(batch_size, -1, -1)
-    mask = torch.ones(batch_size, n, device=device)
-    size = torch.tensor([h, w], device=device).expand(batch_size, 1, 2)
-    return TokenBatch(x, grid, mask, size)
+    grid = make_grid(h, w).expand(batch_size, -1, -1)  # (B, 2, N)
+    size = torch.tensor([h, w]).expand(batch_size, 1, 2)  # (B, 1, 2)
+    return TokenLayout(grid, torch.ones(batch_size, n), size)

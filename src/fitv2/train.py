@@ -37,6 +37,7 @@ from .model.fit import FiT
 from .model.rope import rope_scaling
 from .options import TrainConfig
 from .run import RunPlan, checkpoint_dir, clear_run, plan_run, saved_train_config, write_checkpoint
+from .seeds import generator
 
 __all__ = ["TrainConfig", "TrainResult", "checkpoint_dir", "saved_train_config", "train"]
 
@@ -71,8 +72,6 @@ def check_model_config(model_cfg: ModelConfig, dataset: TokenDataset, source: st
 def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig:
     overrides = {"num_classes": dataset.num_classes, "patch_size": dataset.patch_size,
                  "in_channels": dataset.meta["channels"], **cfg.model}
-    if cfg.grad_checkpointing:
-        overrides["grad_checkpointing"] = True
     pretrained = source_config(cfg.init_from) if cfg.init_from else None
     if pretrained is not None:  # the architecture is the checkpoint's; it keeps its L_train
         source = f"--init-from {cfg.init_from}"
@@ -98,8 +97,8 @@ _DATASET_CHECKED = tuple(k for k in DATASET_KEYS if k != "autoencoder")
 
 
 def resumed_model_config(cfg: TrainConfig, plan: RunPlan, dataset: TokenDataset) -> ModelConfig:
-    """The checkpoint's architecture, whatever --preset or --init-from would give now; only
-    gradient checkpointing, which does not change the result, follows this run's options."""
+    """The checkpoint's architecture, whatever --preset or --init-from would give now (runtime
+    options such as gradient checkpointing are not part of it and follow this run's options)."""
     try:
         saved = ModelConfig.from_dict(plan.saved["model"])
     except (UserError, TypeError) as err:
@@ -111,7 +110,7 @@ def resumed_model_config(cfg: TrainConfig, plan: RunPlan, dataset: TokenDataset)
         raise ConfigError(f"the dataset {cfg.data} is not the one {plan.resume} was trained on: "
                           f"{', '.join(changed)}")
     check_model_config(saved, dataset, str(plan.resume))
-    return saved.replace(grad_checkpointing=cfg.grad_checkpointing or bool(cfg.model.get("grad_checkpointing")))
+    return saved
 
 
 @dataclass
@@ -136,7 +135,7 @@ def step_noise(seed: int, step: int, ids: torch.Tensor, size: torch.Tensor, toke
         for slot in range(ids2.shape[1]):
             if ids2[r, slot] < 0:
                 continue
-            g = torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_000_033 + int(ids2[r, slot])) % 2**63)
+            g = generator(seed, step, int(ids2[r, slot]))
             t[r, slot] = time_sampler((1,), generator=g)[0]
             drop[r, slot] = bool(torch.rand(1, generator=g)[0] < drop_prob)
             n = int(sizes[r, slot].prod())
@@ -226,7 +225,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     model_cfg = (resolve_model_config(cfg, dataset) if plan.resume is None
                  else resumed_model_config(cfg, plan, dataset))
     torch.manual_seed(cfg.seed)
-    model = FiT(model_cfg)
+    model = FiT(model_cfg, cfg.runtime())
     if cfg.init_from and plan.resume is None:
         load_pretrained(model, cfg.init_from, reinit_unfrozen=cfg.reinit_unfrozen, mode=cfg.finetune)
     trainable = apply_finetune(model, cfg.finetune)
@@ -235,7 +234,7 @@ def train(cfg: TrainConfig) -> TrainResult:
               f"({trainable / model.num_parameters():.2%})")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     loader = TokenLoader(dataset, cfg.batch_size, cfg.data_mode, cfg.seed, env.rank, env.world_size,
-                         cfg.bucket, cfg.pack)
+                         cfg.bucket, cfg.batching, cfg.row_length)
     time_sampler = TimeSampler(cfg.time_sampling, cfg.time_mean, cfg.time_std)
     rope = rope_scaling(cfg.rope).with_(per_sample=True)
     totals = {"images": 0.0, "tokens": 0.0, "padded_tokens": 0.0, "seconds": 0.0}
@@ -264,7 +263,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for block in model.blocks:
             block.compile(dynamic=True)  # sequence lengths vary from batch to batch
     forward = train_model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = model.runtime.autocast(device)
     if env.is_main:
         if plan.clear:  # only now: a run that fails to start leaves the old one in place
             print(f"--overwrite: removed {', '.join(clear_run(out))} of the previous run in {out}", flush=True)
@@ -285,12 +284,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             batch = next(loader)
             tokens = batch.tokens.to(device)
             labels = batch.labels.to(device)
-            noise = step_noise(cfg.seed, step, batch.ids, batch.tokens.size, tokens.x.shape[-1], tokens.x.shape[1],
-                               time_sampler, model_cfg.class_dropout_prob)
+            noise = step_noise(cfg.seed, step, batch.ids, batch.tokens.layout.size, tokens.x.shape[-1],
+                               tokens.length, time_sampler, model_cfg.class_dropout_prob)
             with autocast:
-                result = flow_loss(forward, tokens.x, labels, tokens.grid, tokens.mask, tokens.size, tokens.segment,
-                                   t=noise.t.to(device), x0=noise.x0.to(device), rope=rope,
-                                   label_drop=noise.label_drop.to(device))
+                result = flow_loss(forward, tokens.x, labels, tokens.layout, t=noise.t.to(device),
+                                   x0=noise.x0.to(device), rope=rope, label_drop=noise.label_drop.to(device))
             loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -304,8 +302,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             update_ema(ema, model, decay)
             step += 1
 
-            valid = dist.all_sum(env, float(tokens.mask.sum()))
-            computed = dist.all_sum(env, float(tokens.mask.numel()))
+            valid = dist.all_sum(env, float(tokens.layout.mask.sum()))
+            computed = dist.all_sum(env, float(tokens.layout.mask.numel()))
             loss_value = dist.all_mean(env, float(result.loss.detach()))
             totals["images"] += cfg.batch_size
             totals["tokens"] += valid

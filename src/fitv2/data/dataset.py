@@ -1,4 +1,4 @@
-"""Token dataset reader and the batch loader (pad or pack), deterministic and resumable.
+"""Token dataset reader and the batch loader (pad, pack or flat), deterministic and resumable.
 
 Modes (what each image contributes to a batch):
   ``mixed``     FiTv2: the resize variant, or with probability ½ the centre crop when both
@@ -24,9 +24,11 @@ from safetensors import safe_open
 from torch import Tensor
 
 from ..errors import ConfigError, MissingFileError
+from ..seeds import generator
 from ..tokens import TokenBatch, first_fit_rows, pack_sequences, pad_sequences
 
 MODES = ("mixed", "flexible", "fixed")
+BATCHINGS = ("pad", "pack", "flat")
 
 
 class TokenDataset:
@@ -104,16 +106,22 @@ class TokenLoader:
     """Infinite iterator of batches; ``state_dict`` / ``load_state_dict`` for exact resume."""
 
     def __init__(self, dataset: TokenDataset, batch_size: int, mode: str = "mixed", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, bucket: int = 0, pack: int | None = None):
+                 rank: int = 0, world_size: int = 1, bucket: int = 0, batching: str = "pad",
+                 row_length: int | None = None):
         if mode not in MODES:
             raise ConfigError(f"unknown data mode {mode!r}; choose one of {MODES}")
         if batch_size % world_size:
             raise ConfigError(f"--batch-size {batch_size} (the global batch) is not divisible by {world_size} ranks")
         if batch_size > len(dataset):
             raise ConfigError(f"--batch-size {batch_size} exceeds the dataset's {len(dataset)} images")
+        if batching not in BATCHINGS:
+            raise ConfigError(f"unknown batching {batching!r}; choose one of {BATCHINGS}")
         longest = int(dataset.meta["max_tokens"])
-        if pack and pack < longest:
-            raise ConfigError(f"--pack {pack}: rows must hold the longest sequence of the dataset ({longest} tokens)")
+        if batching == "pack":
+            row_length = longest if row_length is None else row_length
+            if row_length < longest:
+                raise ConfigError(f"--row-length {row_length}: rows must hold the longest sequence of the dataset "
+                                  f"({longest} tokens)")
         self.dataset = dataset
         self.batch_size = batch_size
         self.mode = mode
@@ -121,7 +129,8 @@ class TokenLoader:
         self.rank = rank
         self.world_size = world_size
         self.bucket = bucket
-        self.pack = pack
+        self.batching = batching
+        self.row_length = row_length
         self.epoch = 0
         self.batch_index = 0
         self._order: list[list[int]] | None = None
@@ -138,7 +147,7 @@ class TokenLoader:
         self._order = None
 
     def _epoch_batches(self) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = generator(self.seed, self.epoch)
         perm = torch.randperm(len(self.dataset), generator=g).tolist()
         n = self.batches_per_epoch * self.batch_size
         perm = perm[:n]
@@ -161,7 +170,7 @@ class TokenLoader:
             self.epoch, self.batch_index = self.epoch + 1, 0
             self._order = self._epoch_batches()
         groups = self._order[self.batch_index]
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1_000_033 + self.batch_index)
+        g = generator(self.seed, self.epoch, self.batch_index)
         coins = torch.rand(len(groups), 2, generator=g) < 0.5  # (crop?, flip?) per example
         self.batch_index += 1
         mine = list(range(self.rank, len(groups), self.world_size))
@@ -172,15 +181,15 @@ class TokenLoader:
             items.append((self.dataset.features(item, bool(coins[i, 1])), rec["h"], rec["w"]))
             labels.append(rec["label"])
         labels_t, ids_t = torch.tensor(labels), torch.tensor(mine)
-        if self.pack is None:
+        if self.batching == "pad":
             return Batch(pad_sequences(items), labels_t, ids_t, len(items))
-        if self.pack == 0:  # one row holding the whole batch, exactly as long as its tokens
+        if self.batching == "flat":  # one row holding the whole batch, exactly as long as its tokens
             rows = [list(range(len(items)))]
             packed = pack_sequences(items, rows)
         else:
-            rows = first_fit_rows([h * w for _, h, w in items], self.pack)
-            packed = pack_sequences(items, rows, length=self.pack)
-        row_labels = torch.zeros(len(rows), packed.size.shape[1], dtype=torch.long)
+            rows = first_fit_rows([h * w for _, h, w in items], self.row_length)
+            packed = pack_sequences(items, rows, length=self.row_length)
+        row_labels = torch.zeros(len(rows), packed.layout.images_per_row, dtype=torch.long)
         row_ids = torch.full_like(row_labels, -1)
         for r, row in enumerate(rows):
             row_labels[r, : len(row)] = labels_t[row]

@@ -11,15 +11,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import ModelConfig
-from .layers import AttentionPlan, FinalLayer, FiTBlock, LabelEmbedder, PatchEmbedder, TimestepEmbedder
+from ..config import ModelConfig, Runtime
+from ..tokens import TokenLayout
+from .attention import choose_attention
+from .layers import Conditioning, FinalLayer, FiTBlock, LabelEmbedder, LayoutPlan, PatchEmbedder, TimestepEmbedder
 from .rope import RopeScaling, rope_tables
 
 
 class FiT(nn.Module):
-    """FiTv2 (adaln='lora', QK-Norm, SwiGLU 8d/3) or FiT v1 (adaln='full', SwiGLU 4d) backbone."""
+    """FiTv2 (adaln='lora', QK-Norm, SwiGLU 8d/3) or FiT v1 (adaln='full', SwiGLU 4d) backbone.
 
-    def __init__(self, config: ModelConfig):
+    ``runtime`` (attention kernel, activation checkpointing) says how it runs, not what it computes;
+    it is not saved with the config and may be replaced between calls."""
+
+    def __init__(self, config: ModelConfig, runtime: Runtime = Runtime()):
         super().__init__()
         self.config = config
         d = config.hidden_size
@@ -32,8 +37,7 @@ class FiT(nn.Module):
             self.global_adaLN_modulation = None
         self.blocks = nn.ModuleList(FiTBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, config.adaln_bias)
-        self.rope = RopeScaling()  # extrapolation used when forward() is given none
-        self.attention_backend = "auto"  # see AttentionPlan; does not change the result
+        self.runtime = runtime
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -74,58 +78,42 @@ class FiT(nn.Module):
         t = t.expand(y.shape) if t.shape[1] < y.shape[1] else t
         return self.embed_time(t) + self.y_embedder(y, self.training, label_drop)
 
-    def forward(
-        self,
-        x: Tensor,
-        t: Tensor,
-        y: Tensor,
-        grid: Tensor,
-        mask: Tensor,
-        size: Tensor | None = None,
-        segment: Tensor | None = None,
-        rope: RopeScaling | None = None,
-        label_drop: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, layout: TokenLayout, rope: RopeScaling | None = None,
+                label_drop: Tensor | None = None) -> Tensor:
         """Velocity (or epsilon and variance for v1) per token.
 
         x: (B, N, p²·C) tokens, (c, p1, p2) order.   t: (B,) or (B, n) time.
-        y: (B,) or (B, n) labels (num_classes = null).   grid: (B, 2, N) column/row index.
-        mask: (B, N) 1 = real token.   size: (B, n, 2) (h, w) per image in tokens.
-        segment: (B, N) 1-based image id per token for packed rows (0 = padding).
-        rope: extrapolation method; default ``self.rope``.
+        y: (B,) or (B, n) labels (num_classes = null).   layout: where each token sits (:class:`TokenLayout`).
+        rope: extrapolation method (default: none, the training tables).
         label_drop: which labels to replace by the null class (training; default random).
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
-        grid = grid.long()
-        if size is None:
-            size = torch.stack([grid[:, 1].amax(-1), grid[:, 0].amax(-1)], dim=-1)[:, None] + 1  # (B, 1, 2)
-        attn_segment = segment
-        if attn_segment is None and not bool(mask.bool().all()):
-            attn_segment = mask.long()  # one image per row: valid = 1, padding = 0
-        plan = AttentionPlan(attn_segment, self.attention_backend)
-        cfg = self.config
-        cos, sin = rope_tables(grid, size, cfg.head_dim, cfg.rope_theta, rope or self.rope,
-                               cfg.rope_train_len, segment)
-
+        plan = self.plan(layout, rope)
         x = self.x_embedder(x)  # (B, N, D)
         c = self.conditioning(t, y, label_drop)  # (B, n, D)
-        global_mod = self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0
+        cond = Conditioning(c, self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0)
         for block in self.blocks:
-            if cfg.grad_checkpointing and self.training:
-                x = checkpoint(block, x, c, mask, segment, plan, cos, sin, global_mod, use_reentrant=False)
+            if self.runtime.grad_checkpointing and self.training:
+                x = checkpoint(block, x, cond, plan, use_reentrant=False)
             else:
-                x = block(x, c, mask, segment, plan, cos, sin, global_mod)
-        x = self.final_layer(x, c, segment)  # (B, N, p²·C_out)
-        return x * mask[..., None].to(x.dtype)
+                x = block(x, cond, plan)
+        x = self.final_layer(x, cond, plan)  # (B, N, p²·C_out)
+        return x * layout.mask[..., None].to(x.dtype)
+
+    def plan(self, layout: TokenLayout, rope: RopeScaling | None = None) -> LayoutPlan:
+        """The layout prepared for the blocks: RoPE tables and the attention kernel, once per forward pass."""
+        cfg = self.config
+        cos, sin = rope_tables(layout, cfg.head_dim, cfg.rope_theta, rope or RopeScaling(), cfg.rope_train_len)
+        return LayoutPlan.build(layout, cos, sin, choose_attention(self.runtime.attention, layout.attention_segment()))
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
-def build_model(config: ModelConfig, device: str | torch.device | None = None) -> FiT:
+def build_model(config: ModelConfig, device: str | torch.device | None = None, runtime: Runtime = Runtime()) -> FiT:
     """Construct the backbone; on device 'meta' nothing is allocated (for counting)."""
     if device is not None and torch.device(device).type == "meta":
         with torch.device("meta"):
-            return FiT(config)
-    model = FiT(config)
+            return FiT(config, runtime)
+    model = FiT(config, runtime)
     return model.to(device) if device is not None else model

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, UnknownNameError
+from ..tokens import TokenLayout
 
 METHODS = ("none", "pi", "ntk", "ntk-by-parts", "yarn")
 ATTN_SCALES = ("none", "side", "area", "paper")
@@ -250,41 +251,26 @@ def image_frequencies(
     return freqs_h, freqs_w, factor
 
 
-def _per_token(values: Tensor, segment: Tensor | None) -> Tensor:
-    """Per-image values (B, n, ...) -> per-token (B, N or 1, ...) using 1-based segment ids."""
-    if segment is None:
-        return values[:, :1]
-    index = (segment - 1).clamp(min=0)
-    index = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
-    return values.gather(1, index)
-
-
 def rope_tables(
-    grid: Tensor,
-    size: Tensor,
+    layout: TokenLayout,
     head_dim: int,
     theta: float = 10000.0,
     scaling: RopeScaling = RopeScaling(),
     train_len: int = 16,
-    segment: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """cos and sin tables (B, N, head_dim), float32, for tokens at ``grid`` positions.
-
-    grid: (B, 2, N) integer, row 0 = column index, row 1 = row index.
-    size: (B, n, 2) = (h, w) per image in tokens (n > 1 only for packed sequences).
-    segment: (B, N) 1-based image index per token, 0 for padding; None when n == 1.
-    """
+    """cos and sin tables (B, N, head_dim), float32, for the tokens of ``layout``: each token at its grid
+    position, with the frequencies of its own image's size (per-image scaling) or of the batch's."""
     train_len = scaling.train_len or train_len
-    freqs_h, freqs_w, factor = image_frequencies(size, head_dim, theta, scaling, train_len)
-    device = grid.device
-    freqs_h = _per_token(freqs_h.to(device), segment)  # (B, N|1, a/2)
-    freqs_w = _per_token(freqs_w.to(device), segment)
+    freqs_h, freqs_w, factor = image_frequencies(layout.size, head_dim, theta, scaling, train_len)
+    grid, device = layout.grid, layout.device
+    freqs_h = layout.spread(freqs_h.to(device))  # (B, N|1, a/2)
+    freqs_w = layout.spread(freqs_w.to(device))
     angles_h = (grid[:, 1, :, None] * freqs_h).repeat_interleave(2, dim=-1)  # (B, N, a)
     angles_w = (grid[:, 0, :, None] * freqs_w).repeat_interleave(2, dim=-1)
     angles = torch.cat([angles_h, angles_w], dim=-1)  # (B, N, head_dim)
     cos, sin = angles.cos(), angles.sin()
     if scaling.method == "yarn" or scaling.attn_scale != "none":
-        factor = _per_token(factor.to(device), segment)[..., None]  # (B, N|1, 1)
+        factor = layout.spread(factor.to(device))[..., None]  # (B, N|1, 1)
         cos, sin = cos * factor, sin * factor
     return cos, sin
 

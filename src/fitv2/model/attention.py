@@ -1,0 +1,295 @@
+"""Attention kernels: one small class each, one interface, chosen once per forward pass.
+
+A token sees only the tokens of its own image. ``segment`` (B, N) gives each token's image
+(0 = padding, k = k-th image of a packed row; None = nothing padded or packed): tokens with
+equal ids see each other. Padding attends to padding, so no softmax row is empty, and a
+valid token's output never depends on padding or on other images of its row.
+
+Every backend takes q, k, v as (B, heads, N, head_dim) and returns the same shape; the
+model builds one per forward pass (:func:`choose_attention`) and every block calls it.
+
+  ``sdpa``          scaled_dot_product_attention over whole rows; no mask when nothing is
+                    padded, else a boolean block mask (B, 1, N, N).
+  ``sdpa-varlen``   SDPA per image on the valid tokens only, images of equal length batched
+                    together: no work on padding or across images.
+  ``flex``          compiled FlexAttention with a document mask, where it works on this
+                    device and torch (:func:`flex_supported`).
+  ``flash-varlen``  flash-attention's variable-length kernel (CUDA, fp16/bf16, the
+                    ``flash_attn`` package).
+  ``torch-varlen``  PyTorch's own variable-length kernel, ``torch.nn.attention.varlen``
+                    (CUDA, fp16/bf16, torch versions that have it).
+  ``auto``          flex on CUDA; on the CPU sdpa-varlen when the block mask would do over
+                    1.5× the work of per-image attention (long packed rows, heavy padding),
+                    else sdpa.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ConfigError
+
+VarlenKernel = Callable[..., Tensor]  # (q, k, v, cu_q, cu_k, max_q, max_k) -> out, tokens as (T, H, D)
+
+
+class AttentionBackend:
+    """One kernel for one forward pass; its mask or index is built once, for all blocks."""
+
+    name: ClassVar[str]
+
+    def __init__(self, segment: Tensor | None):
+        self.segment = segment
+
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        """Why this kernel cannot run on ``device`` here (None: it can)."""
+        return None
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class SDPA(AttentionBackend):
+    """scaled_dot_product_attention over whole rows with a boolean same-image mask (none if unmasked)."""
+
+    name = "sdpa"
+
+    def __init__(self, segment: Tensor | None):
+        super().__init__(segment)
+        self.mask = None if segment is None else segment[:, None, :, None] == segment[:, None, None, :]  # (B,1,N,N)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+
+
+class _Varlen(AttentionBackend):
+    """Attention on the valid tokens only, as one run per image (the flash_attn varlen contract)."""
+
+    def __init__(self, segment: Tensor, kernel: VarlenKernel | None = None):
+        super().__init__(segment)
+        # Valid tokens in row-major order form contiguous runs, one per image.
+        flat = segment.reshape(-1)
+        row = torch.arange(segment.shape[0], device=segment.device).repeat_interleave(segment.shape[1])
+        self.valid = (flat > 0).nonzero().squeeze(1)  # (T,) flat token index
+        key = row[self.valid] * (int(flat.max()) + 1) + flat[self.valid]
+        _, counts = torch.unique_consecutive(key, return_counts=True)
+        self.cu_seqlens = F.pad(counts.cumsum(0), (1, 0)).to(torch.int32)  # (images + 1,)
+        self.max_seqlen = int(counts.max())
+        self.kernel = kernel or self.default_kernel()
+
+    def default_kernel(self) -> VarlenKernel:
+        raise NotImplementedError
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        B, H, N, D = q.shape
+
+        def tokens(x: Tensor) -> Tensor:
+            return x.transpose(1, 2).reshape(B * N, H, D)[self.valid]  # (T, H, D)
+
+        out = self.kernel(tokens(q), tokens(k), tokens(v), self.cu_seqlens, self.cu_seqlens,
+                          self.max_seqlen, self.max_seqlen)
+        full = q.new_zeros(B * N, H, D)
+        full[self.valid] = out.to(q.dtype)
+        return full.reshape(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
+
+
+class PerImageSDPA(_Varlen):
+    """SDPA per image on its valid tokens; images of equal length go through one call."""
+
+    name = "sdpa-varlen"
+
+    def __init__(self, segment: Tensor):
+        super().__init__(segment)
+        lengths = self.cu_seqlens.diff()
+        starts = self.cu_seqlens[:-1].long()
+        # Token indices (within the valid tokens) of the images of each length: (k, L) each.
+        self.groups = [starts[lengths == n][:, None] + torch.arange(int(n), device=segment.device)
+                       for n in torch.unique(lengths).tolist()]
+
+    def default_kernel(self) -> VarlenKernel:
+        return self._per_image
+
+    def _per_image(self, q: Tensor, k: Tensor, v: Tensor, *_) -> Tensor:
+        out = torch.empty_like(q)
+        for idx in self.groups:
+            qi, ki, vi = (x[idx].transpose(1, 2) for x in (q, k, v))  # (k, H, L, D)
+            out[idx] = F.scaled_dot_product_attention(qi, ki, vi).transpose(1, 2)
+        return out
+
+
+class FlashVarlen(_Varlen):
+    """flash_attn.flash_attn_varlen_func."""
+
+    name = "flash-varlen"
+
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "needs the flash_attn package (pip install flash-attn)"
+        return None if device.type == "cuda" else "runs on CUDA only"
+
+    def default_kernel(self) -> VarlenKernel:
+        from flash_attn import flash_attn_varlen_func
+
+        return flash_attn_varlen_func
+
+
+class TorchVarlen(_Varlen):
+    """torch.nn.attention.varlen.varlen_attn."""
+
+    name = "torch-varlen"
+
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        try:
+            from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+        except ImportError:
+            return f"needs torch.nn.attention.varlen, which torch {torch.__version__} does not have"
+        return None if device.type == "cuda" else "runs on CUDA only"
+
+    def default_kernel(self) -> VarlenKernel:
+        from torch.nn.attention.varlen import varlen_attn
+
+        return varlen_attn
+
+
+_compiled_flex = None
+# (device, grad) -> whether compiled FlexAttention runs there; probed once per process.
+_flex_support: dict[tuple[str, bool], bool] = {}
+
+
+def _flex_attention():
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
+    return _compiled_flex
+
+
+def document_block_mask(segment: Tensor):
+    """FlexAttention block mask letting a token see only the tokens of its own segment."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_segment(b, h, q, k):
+        return segment[b, q] == segment[b, k]
+
+    B, N = segment.shape
+    return create_block_mask(same_segment, B, None, N, N, device=segment.device)
+
+
+class FlexAttention(AttentionBackend):
+    """Compiled FlexAttention with a document mask."""
+
+    name = "flex"
+
+    def __init__(self, segment: Tensor):
+        super().__init__(segment)
+        self.block_mask = document_block_mask(segment)
+
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        try:  # the submodule is an attribute of torch.nn.attention only once something imported it
+            import torch.nn.attention.flex_attention
+        except ImportError:
+            return f"torch {torch.__version__} has no FlexAttention"
+        return None
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return _flex_attention()(q, k, v, block_mask=self.block_mask)
+
+
+@torch.compiler.disable
+def flex_supported(device: torch.device | str, grad: bool = False) -> bool:
+    """Whether compiled FlexAttention runs correctly on ``device`` (forward, and backward if ``grad``).
+
+    Decided once per (device, grad) by comparing the compiled kernel with masked SDPA on small padded
+    batches: Inductor's CPU template fails to build for dynamic shapes in some torch versions (2.13),
+    and CPU FlexAttention has no backward. Warns once where it does not work, as attention then falls
+    back to SDPA."""
+    device = torch.device(device)
+    key = (str(device), bool(grad))
+    if key in _flex_support:
+        return _flex_support[key]
+    try:
+        ok, why = _probe_flex(device, grad), "its output differs from SDPA"
+    except Exception as err:  # failing to import, compile or run all mean: not here
+        lines = str(err).strip().splitlines()
+        ok, why = False, f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
+    if not ok:
+        warnings.warn(f"compiled FlexAttention does not work on {device} with torch {torch.__version__} ({why}); "
+                      "attention uses SDPA there instead", RuntimeWarning, stacklevel=3)
+    _flex_support[key] = ok
+    return ok
+
+
+def _probe_flex(device: torch.device, grad: bool) -> bool:
+    generator = torch.Generator().manual_seed(0)
+    # Batch, heads and length all different and no length a multiple of the kernel's block: shapes that
+    # share a size, or fit the block, take paths of the dynamic-shape kernel that a real batch may not.
+    for B, H, N in ((3, 2, 40), (2, 3, 56)):
+        segment = torch.ones(B, N, dtype=torch.long)
+        segment[1, N // 2 :] = 0
+        segment = segment.to(device)
+        q, k, v = (torch.randn(B, H, N, 16, generator=generator).to(device).requires_grad_(grad) for _ in range(3))
+        with torch.set_grad_enabled(grad):
+            out = _flex_attention()(q, k, v, block_mask=document_block_mask(segment))
+            if grad:
+                out.sum().backward()
+        mask = segment[:, None, :, None] == segment[:, None, None, :]
+        ref = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach(), attn_mask=mask)
+        if not torch.allclose(out.detach(), ref, atol=1e-4, rtol=1e-4):
+            return False
+    return True
+
+
+BACKENDS: dict[str, type[AttentionBackend]] = {
+    cls.name: cls for cls in (SDPA, PerImageSDPA, FlexAttention, FlashVarlen, TorchVarlen)
+}
+ATTENTION_BACKENDS = ("auto", *BACKENDS)
+
+
+def attention_unavailable(name: str, device: torch.device | str) -> str | None:
+    """Why the backend ``name`` cannot run on ``device`` (None: it can, or ``auto``)."""
+    if name == "auto":
+        return None
+    if name not in BACKENDS:
+        return f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
+    return BACKENDS[name].unavailable(torch.device(device))
+
+
+def _cpu_choice(segment: Tensor) -> type[AttentionBackend]:
+    """Whole rows, or per image when the block mask would do over 1.5× the per-image work."""
+    counts = torch.stack([torch.bincount(row, minlength=int(segment.max()) + 1)[1:] for row in segment])
+    per_image = float(counts.double().pow(2).sum())
+    whole_rows = float(segment.shape[0] * segment.shape[1] ** 2)
+    return PerImageSDPA if whole_rows > 1.5 * per_image else SDPA
+
+
+def choose_attention(name: str, segment: Tensor | None) -> AttentionBackend:
+    """The backend ``name`` (or the ``auto`` choice) for a batch whose tokens see each other by ``segment``.
+
+    With nothing padded or packed (segment None) every backend computes plain attention, so unmasked
+    SDPA runs. Compiled FlexAttention falls back to the CPU choice where it does not work."""
+    if segment is None:
+        return SDPA(None)
+    if name == "auto":
+        use_flex = segment.is_cuda and FlexAttention.unavailable(segment.device) is None
+        name = "flex" if use_flex else _cpu_choice(segment).name
+    if name not in BACKENDS:
+        raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if name == "flex" and not flex_supported(segment.device, torch.is_grad_enabled()):
+        return _cpu_choice(segment)(segment)
+    cls = BACKENDS[name]
+    why = cls.unavailable(segment.device)
+    if why is not None:
+        raise ConfigError(f"attention backend {name!r} {why}")
+    return cls(segment)
