@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fitv2.config import model_config
 from fitv2.model.flops import attention_macs
 
@@ -20,6 +22,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow
 def test_throughput_smoke(tmp_path):
     out, raw = tmp_path / "throughput.md", tmp_path / "throughput.json"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--json", str(raw)],

@@ -6,10 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from imagegen import make_class_folder
 from PIL import Image
-
-from fitv2.cli import main
 
 
 def run(*args):
@@ -17,13 +14,9 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    make_class_folder(root / "images", classes=3, per_class=4)
-    assert main(["prepare", str(root / "images"), str(root / "tokens"), "--workers", "1"]) == 0
-    assert main(["train", "--data", str(root / "tokens"), "--out", str(root / "run"), "--preset", "FiTv2-Micro/4",
-                 "--batch-size", "4", "--steps", "6", "--log-every", "2", "--no-progress", "--model", "depth=1"]) == 0
-    return root
+def trained(cli_run):
+    """``fitv2 prepare`` and ``fitv2 train`` on 3 classes x 4 images, 6 steps (tests/conftest.py)."""
+    return cli_run
 
 
 def test_train_writes_checkpoint_log_and_plot(trained):
@@ -37,6 +30,7 @@ def test_train_writes_checkpoint_log_and_plot(trained):
     assert Image.open(run_dir / "loss.png").size == (640, 360)
 
 
+@pytest.mark.slow
 def test_sample_sizes_aspect_ratios_and_outputs(trained, tmp_path):
     ckpt = trained / "run" / "checkpoints" / "step_0000006"
     sizes = ["32x32", "16x48", "48x16", "20x28"]
@@ -53,6 +47,7 @@ def test_sample_sizes_aspect_ratios_and_outputs(trained, tmp_path):
     assert (tmp_path / "s" / "grid.png").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--sizes", "30x32"], "size 30x32 is not possible: height and width must be positive multiples of 4 px"),
     (["--sizes", "32by32"], "is not HEIGHTxWIDTH"),
@@ -67,6 +62,7 @@ def test_bad_requests_exit_2_with_one_line(trained, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_inputs_exit_2(tmp_path):
     proc = run("sample", str(tmp_path / "nope"), "--preset", "FiTv2-B/2")
     assert proc.returncode == 2 and "not found" in proc.stderr

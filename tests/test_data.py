@@ -1,11 +1,13 @@
 """prepare -> token dataset -> loader, on generated folders with odd and broken files."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from imagegen import add_odd_files, make_class_folder
+from imagegen import add_odd_files
 from PIL import Image
 
 from fitv2.data.dataset import TokenDataset, TokenLoader
@@ -14,9 +16,9 @@ from fitv2.tokens import unpatchify
 
 
 @pytest.fixture(scope="module")
-def odd_dataset(tmp_path_factory):
+def odd_dataset(class_images, tmp_path_factory):
     root = tmp_path_factory.mktemp("odd")
-    images = make_class_folder(root / "images", classes=2, per_class=4)
+    images = Path(shutil.copytree(class_images, root / "images"))  # the shared 2 x 4 images, and odd files
     expected = add_odd_files(images / "class_0")
     report = prepare(images, root / "tokens", patch_size=4, budget=32, workers=1, progress=False)
     return root, report, expected

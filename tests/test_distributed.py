@@ -7,11 +7,11 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from imagegen import make_class_folder
 
 from fitv2.checkpoint import read_state_dict
-from fitv2.data.prepare import prepare
 from fitv2.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # each test spawns two processes
 
 
 def _free_port() -> int:
@@ -35,11 +35,9 @@ def run_ranks(world: int, cfg: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    make_class_folder(root / "images", classes=2, per_class=4)
-    prepare(root / "images", root / "tokens", patch_size=4, budget=32, workers=1, progress=False)
-    return root / "tokens"
+def dataset(token_dataset):
+    """2 classes x 4 images, 64 tokens at most (tests/conftest.py)."""
+    return token_dataset
 
 
 def _cfg(data, out, **kw):

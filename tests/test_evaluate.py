@@ -168,6 +168,7 @@ def test_jsonl_reference_split_and_budget(setup, tmp_path):
         open_source(tmp_path / "missing.npz")
 
 
+@pytest.mark.slow
 def test_inception_features_run(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(inception_module, "INPUT_SIZE", 75)  # the smallest input it takes; 299² is slow on a CPU
     model = FIDInceptionV3()

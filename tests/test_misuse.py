@@ -8,29 +8,26 @@ import json
 import os
 
 import pytest
-from imagegen import make_class_folder
 
 from fitv2.cli import main
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
+def paths(cli_run, tmp_path_factory):
+    """The shared dataset and run made by the command line (tests/conftest.py checks that no case writes
+    there), and this module's own odd files and output folder."""
     root = tmp_path_factory.mktemp("misuse")
-    make_class_folder(root / "images", classes=3, per_class=4)
-    assert main(["prepare", str(root / "images"), str(root / "tokens"), "--workers", "1"]) == 0
-    assert main(["train", "--data", str(root / "tokens"), "--out", str(root / "run"), "--preset", "FiTv2-Micro/4",
-                 "--batch-size", "4", "--steps", "2", "--no-progress", "--model", "depth=1"]) == 0
     (root / "file.txt").write_text("not a folder")
     (root / "junk.safetensors").write_bytes(os.urandom(256))
     (root / "bad.json").write_text("{not json")
-    (root / "unknown.json").write_text(json.dumps({"data": str(root / "tokens"), "learning_rate": 1}))
+    (root / "unknown.json").write_text(json.dumps({"data": str(cli_run / "tokens"), "learning_rate": 1}))
     (root / "empty").mkdir()
     (root / "plain").mkdir()
     (root / "plain" / "a.png").write_bytes(b"")
-    return {"data": root / "tokens", "ckpt": root / "run" / "checkpoints" / "step_0000002", "file": root / "file.txt",
-            "missing": root / "missing", "junk": root / "junk.safetensors", "bad_json": root / "bad.json",
-            "unknown_json": root / "unknown.json", "images": root / "images", "empty": root / "empty",
-            "plain": root / "plain", "out": root / "out", "run": root / "run"}
+    return {"data": cli_run / "tokens", "ckpt": cli_run / "run" / "checkpoints" / "step_0000006",
+            "file": root / "file.txt", "missing": root / "missing", "junk": root / "junk.safetensors",
+            "bad_json": root / "bad.json", "unknown_json": root / "unknown.json", "images": cli_run / "images",
+            "empty": root / "empty", "plain": root / "plain", "out": root / "out", "run": cli_run / "run"}
 
 
 CASES = [

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import DATA
 
 from fitv2.parity import run_fixture
@@ -19,6 +20,7 @@ def test_all_public_parity_cases_pass():
     assert passed == len(json.loads((FIXTURE / "manifest.json").read_text())["cases"]) == 21
 
 
+@pytest.mark.slow
 def test_runner_reports_failures_and_exit_status(tmp_path):
     broken = tmp_path / "fixture"
     shutil.copytree(FIXTURE, broken)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import DATA
 
@@ -28,6 +29,7 @@ def test_released_checkpoint_recipe_on_fixture_weights():
     assert latents.shape == (2, 4, 40, 40) and torch.isfinite(latents).all()
 
 
+@pytest.mark.slow
 def test_models_table_in_readme_is_what_the_command_prints():
     out = subprocess.run([sys.executable, "-m", "fitv2.cli", "models"], capture_output=True, text=True, check=True)
     table = next(block for block in README.read_text().split("```") if block.strip().startswith("preset"))

@@ -9,7 +9,6 @@ import stat
 
 import pytest
 import torch
-from imagegen import make_class_folder
 
 import fitv2.checkpoint
 import fitv2.run
@@ -24,7 +23,6 @@ from fitv2.checkpoint import (
     save_model_dir,
 )
 from fitv2.config import model_config
-from fitv2.data.prepare import prepare
 from fitv2.errors import ConfigError, MissingFileError, UserError
 from fitv2.finetune import load_pretrained
 from fitv2.model import FiT
@@ -33,11 +31,9 @@ from fitv2.train import TrainConfig, saved_train_config, train
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    make_class_folder(root / "images", classes=2, per_class=4)
-    prepare(root / "images", root / "tokens", patch_size=4, budget=32, workers=1, progress=False)
-    return root / "tokens"
+def data(token_dataset):
+    """2 classes x 4 images, 64 tokens at most (tests/conftest.py)."""
+    return token_dataset
 
 
 def _config(data, out, **kw):
@@ -210,10 +206,11 @@ def test_no_intact_checkpoint_is_an_error(data, run):
 
 # 5. the latest pointer is a name inside checkpoints/, never followed out of the run folder
 
-@pytest.fixture
-def other_run(data, tmp_path):
-    """A run further on (30 steps) that a pointer could lead to."""
-    out = tmp_path / "other"
+@pytest.fixture(scope="module")
+def other_run(data, tmp_path_factory):
+    """A run further on (30 steps) that a pointer could lead to (only read: a pointer that is followed
+    resumes at step 30 and trains nothing)."""
+    out = tmp_path_factory.mktemp("other") / "other"
     train(_config(data, out, steps=30, ckpt_every=30))
     return out
 
@@ -223,7 +220,8 @@ def test_latest_is_never_followed_out_of_the_run_folder(data, run, other_run, po
     latest = run / "checkpoints" / "latest"
     assert latest.read_text() == "step_0000020\n"
     if pointer == "relative":
-        latest.write_text("../../other/checkpoints/step_0000030")
+        latest.write_text(os.path.relpath(_ckpt(other_run, 30), latest.parent))  # ../../../other0/other/...
+        assert (latest.parent / latest.read_text()).is_dir()  # the pointer leads to the other run
     elif pointer == "absolute":
         latest.write_text(str(_ckpt(other_run, 30)))
     else:

@@ -188,6 +188,7 @@ print(json.dumps([peak, sampler.estimate_memory(height, width, batch, solver, gu
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in bytes/KiB differs by platform")
 @pytest.mark.parametrize("size", [(128, 128, 16), (256, 256, 6)])
 def test_memory_estimate_is_within_a_factor_two_of_the_measured_peak(size):
@@ -237,6 +238,7 @@ def test_progress_reaches_every_solver_step(capsys):
 # ----------------------------------------------------------------------------- 5. compiled FlexAttention
 
 
+@pytest.mark.slow
 def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
     monkeypatch.setattr(attention_module, "_flex_support", {})  # decide afresh in this test
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -283,6 +285,7 @@ def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
     assert "nan" not in report.lower()
 
 
+@pytest.mark.slow
 def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
     from fitv2.demo import DemoConfig, run_demo
 

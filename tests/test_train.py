@@ -4,19 +4,15 @@ import json
 
 import pytest
 import torch
-from imagegen import make_class_folder
 
 from fitv2.checkpoint import read_state_dict
-from fitv2.data.prepare import prepare
 from fitv2.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def eight_images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eight")
-    make_class_folder(root / "images", classes=2, per_class=4)
-    prepare(root / "images", root / "tokens", patch_size=4, budget=32, workers=1, progress=False)
-    return root / "tokens"
+def eight_images(token_dataset):
+    """2 classes x 4 images, 64 tokens at most (tests/conftest.py)."""
+    return token_dataset
 
 
 def _config(data, out, **kw):
@@ -25,6 +21,7 @@ def _config(data, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_eight_images(eight_images, tmp_path):
     result = train(_config(eight_images, tmp_path / "run", steps=400, log_every=1, data_mode="flexible"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
@@ -34,6 +31,7 @@ def test_tiny_model_overfits_eight_images(eight_images, tmp_path):
     assert result.step == 400 and (tmp_path / "run" / "checkpoints" / "step_0000400" / "ema.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_resume_is_exact(eight_images, tmp_path):
     kw = dict(class_dropout_prob=0.1)  # label dropout exercises the global RNG too
     straight = train(_config(eight_images, tmp_path / "a", steps=40, ckpt_every=20, model=kw))
@@ -50,6 +48,7 @@ def test_resume_is_exact(eight_images, tmp_path):
     assert log_a == log_b
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(torch.nn.Module, "compile"), reason="needs nn.Module.compile")
 def test_compiled_blocks_train_like_eager(eight_images, tmp_path):
     pytest.importorskip("torch._inductor")
@@ -66,3 +65,35 @@ def test_compiled_blocks_train_like_eager(eight_images, tmp_path):
 def test_ddpm_presets_are_refused_with_the_flow_override_named(eight_images, tmp_path):
     with pytest.raises(ValueError, match="learn_sigma=false continuous_time=true"):
         train(_config(eight_images, tmp_path / "v1", preset="FiT-B/2", steps=1))
+
+
+def test_pad_pack_and_flat_batching_train_the_same_model(eight_images, tmp_path):
+    """Noise and time are keyed by each example's place in the global batch and the loss is a mean over
+    images, so the rows a batch is laid out in change nothing but rounding; a resume may switch them."""
+    runs = {b: train(_config(eight_images, tmp_path / b, steps=6, log_every=1, batching=b, ckpt_every=3))
+            for b in ("pad", "pack", "flat")}
+    weights = {b: read_state_dict(tmp_path / b / "checkpoints" / "step_0000006" / "model.safetensors") for b in runs}
+    for b in ("pack", "flat"):
+        assert runs[b].loss == pytest.approx(runs["pad"].loss, rel=1e-4)
+        for k in weights["pad"]:
+            torch.testing.assert_close(weights[b][k], weights["pad"][k], rtol=1e-3, atol=1e-5)
+    (tmp_path / "pad" / "checkpoints" / "step_0000006").rename(tmp_path / "gone")  # resume from step 3
+    (tmp_path / "pad" / "checkpoints" / "latest").unlink(missing_ok=True)
+    switched = train(_config(eight_images, tmp_path / "pad", steps=6, log_every=1, batching="flat", ckpt_every=3,
+                             resume="latest"))
+    assert switched.loss == pytest.approx(runs["pad"].loss, rel=1e-4)
+
+
+def test_options_saved_by_earlier_versions_still_load():
+    """``pack`` (None / 0 / L) became ``batching`` + ``row_length``; grad checkpointing left the model config."""
+    base = dict(data="d", out="o", preset="FiTv2-Micro/4")
+    assert TrainConfig.from_dict({**base, "pack": None}).batching == "pad"
+    assert TrainConfig.from_dict({**base, "pack": 0}).batching == "flat"
+    packed = TrainConfig.from_dict({**base, "pack": 96})
+    assert (packed.batching, packed.row_length) == ("pack", 96)
+    old = TrainConfig.from_dict({**base, "model": {"depth": 1, "grad_checkpointing": True}})
+    assert old.grad_checkpointing and old.model == {"depth": 1}
+    assert old.runtime().grad_checkpointing
+    from fitv2.config import ModelConfig
+
+    assert "grad_checkpointing" not in ModelConfig.from_dict({"depth": 1, "grad_checkpointing": True}).to_dict()

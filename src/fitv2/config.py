@@ -120,10 +120,7 @@ class ModelConfig:
         return (hidden * 2) // 3 if self.mlp == "swiglu" else hidden
 
     def replace(self, **overrides: Any) -> ModelConfig:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(f.name for f in dataclasses.fields(self))}")
+        check_known_fields(overrides)
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,10 +131,7 @@ class ModelConfig:
         """A config from a saved dict; keys that used to be model fields but now are runtime options
         (``grad_checkpointing``) are dropped, so older checkpoints load."""
         data = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}")
+        check_known_fields(data)
         return cls(**data)
 
     def to_json(self) -> str:
@@ -180,6 +174,14 @@ class Runtime:
 
 # Runtime options older checkpoints saved among the model fields.
 RUNTIME_FIELDS = ("grad_checkpointing",)
+
+
+def check_known_fields(values: dict[str, Any]) -> None:
+    """Refuse keys that are not ModelConfig fields, naming the known ones."""
+    known = [f.name for f in dataclasses.fields(ModelConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -232,10 +234,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of a named preset, with field overrides applied."""
     if name not in PRESETS:
         raise UnknownNameError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
-    if unknown:
-        raise ConfigError(f"unknown model config field(s): {', '.join(sorted(unknown))}; known: "
-                          f"{', '.join(f.name for f in dataclasses.fields(ModelConfig))}")
+    check_known_fields(overrides)
     return ModelConfig(name=name, **{**PRESETS[name], **overrides})
 
 
