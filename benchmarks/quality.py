@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "quality.md" if mode == "full" else "quality_quick.md"
     command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
     write_report(results / name, rows, infos, s, mode, time.perf_counter() - start, classifier_acc, command)
-    (results / name.replace(".md", ".json")).write_text(json.dumps({"rows": rows, "arms": infos}, indent=1))
+    (results / name.replace(".md", ".json")).write_text(json.dumps({"rows": rows, "arms": infos}, indent=1) + "\n")
     print(f"wrote {results / name}")
     return 0
 

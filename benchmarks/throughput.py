@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(command=command, results=results, samples=samples), indent=1))
+        Path(args.json).write_text(json.dumps(dict(command=command, results=results, samples=samples), indent=1) + "\n")
     if not args.out:
         print(text)
 
