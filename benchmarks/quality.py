@@ -46,22 +46,51 @@ DATA = ROOT / "data" / "clipart" / "metadata.jsonl"
 BUDGET = 32  # pixels: 8 x 8 = 64 tokens of 4 x 4 pixels
 
 ARMS = {
-    "fitv2": dict(model=dict(adaln="lora", mlp="swiglu", qk_norm="layernorm"), depth_ratio=15,
-                  data_mode="mixed", time_sampling="logit-normal"),
-    "fitv1": dict(model=dict(adaln="full", mlp="swiglu-large", qk_norm=None), depth_ratio=12,
-                  data_mode="flexible", time_sampling="uniform"),
-    "fixed": dict(model=dict(adaln="full", mlp="gelu", qk_norm=None), depth_ratio=12,
-                  data_mode="fixed", time_sampling="uniform"),
+    "fitv2": dict(
+        model=dict(adaln="lora", mlp="swiglu", qk_norm="layernorm"),
+        depth_ratio=15,
+        data_mode="mixed",
+        time_sampling="logit-normal",
+    ),
+    "fitv1": dict(
+        model=dict(adaln="full", mlp="swiglu-large", qk_norm=None),
+        depth_ratio=12,
+        data_mode="flexible",
+        time_sampling="uniform",
+    ),
+    "fixed": dict(
+        model=dict(adaln="full", mlp="gelu", qk_norm=None), depth_ratio=12, data_mode="fixed", time_sampling="uniform"
+    ),
 }
 IN_DISTRIBUTION = [(32, 32, "1:1"), (20, 40, "1:2"), (16, 48, "1:3")]
 BEYOND = [(40, 40, "1:1, 1.6x"), (28, 56, "1:2, 1.5x"), (44, 44, "1:1, 1.9x"), (32, 64, "1:2, 2.0x")]
 METHODS = ["none", "pi", "ntk", "vision-ntk", "vision-ntk+attn-scale"]
 
 SETTINGS = {
-    "full": dict(width=128, heads=2, base_depth=4, batch=64, lr=1e-3, tokens=4e6, per_class=8, steps=20,
-                 classifier_epochs=20, classifier_minutes=5),
-    "quick": dict(width=64, heads=2, base_depth=2, batch=32, lr=2e-3, tokens=2e5, per_class=2, steps=6,
-                  classifier_epochs=1, classifier_minutes=1),
+    "full": dict(
+        width=128,
+        heads=2,
+        base_depth=4,
+        batch=64,
+        lr=1e-3,
+        tokens=4e6,
+        per_class=8,
+        steps=20,
+        classifier_epochs=20,
+        classifier_minutes=5,
+    ),
+    "quick": dict(
+        width=64,
+        heads=2,
+        base_depth=2,
+        batch=32,
+        lr=2e-3,
+        tokens=2e5,
+        per_class=2,
+        steps=6,
+        classifier_epochs=1,
+        classifier_minutes=1,
+    ),
 }
 
 
@@ -72,17 +101,44 @@ def arm_depth(arm: str, base_depth: int) -> int:
 
 def train_arm(arm: str, tokens: Path, work: Path, s: dict, seed: int) -> tuple[Path, dict]:
     spec = ARMS[arm]
-    model = dict(spec["model"], hidden_size=s["width"], num_heads=s["heads"], depth=arm_depth(arm, s["base_depth"]),
-                 adaln_lora_dim=s["width"] // 4)
-    cfg = TrainConfig(data=str(tokens), out=str(work / arm), preset="FiTv2-Tiny/4", model=model,
-                      data_mode=spec["data_mode"], time_sampling=spec["time_sampling"], batch_size=s["batch"],
-                      lr=s["lr"], warmup_steps=100, ema_decay=0.999, ema_warmup=True, steps=10**9,
-                      train_tokens=s["tokens"], ckpt_every=10**9, log_every=20, seed=seed, resume="latest")
+    model = dict(
+        spec["model"],
+        hidden_size=s["width"],
+        num_heads=s["heads"],
+        depth=arm_depth(arm, s["base_depth"]),
+        adaln_lora_dim=s["width"] // 4,
+    )
+    cfg = TrainConfig(
+        data=str(tokens),
+        out=str(work / arm),
+        preset="FiTv2-Tiny/4",
+        model=model,
+        data_mode=spec["data_mode"],
+        time_sampling=spec["time_sampling"],
+        batch_size=s["batch"],
+        lr=s["lr"],
+        warmup_steps=100,
+        ema_decay=0.999,
+        ema_warmup=True,
+        steps=10**9,
+        train_tokens=s["tokens"],
+        ckpt_every=10**9,
+        log_every=20,
+        seed=seed,
+        resume="latest",
+    )
     result = train(cfg)
     log = [json.loads(line) for line in (work / arm / "log.jsonl").open()]
     # Training seconds come from the run's own totals, which survive an interrupted and resumed run.
-    info = dict(steps=result.step, tokens=log[-1]["tokens"], images=log[-1]["images"], loss=np.mean(
-        [r["loss"] for r in log[-10:]]), seconds=log[-1]["seconds"], tokens_per_s=result.tokens_per_s, params=None)
+    info = dict(
+        steps=result.step,
+        tokens=log[-1]["tokens"],
+        images=log[-1]["images"],
+        loss=np.mean([r["loss"] for r in log[-10:]]),
+        seconds=log[-1]["seconds"],
+        tokens_per_s=result.tokens_per_s,
+        params=None,
+    )
     return result.checkpoint, info
 
 
@@ -101,16 +157,35 @@ def evaluate_arm(arm: str, checkpoint: Path, work: Path, classifier: Path, s: di
         shutil.rmtree(folder, ignore_errors=True)
         write_samples(folder, {(h, w): images}, labels, sampler.class_names)
         side = 4 * round(math.sqrt(h * w) / 4)  # reference images at the same pixel count
-        metrics = evaluate(folder / f"{h}x{w}.npz", DATA, extractor, split="test", reference_budget=side,
-                           cache_dir=work / "eval_cache")
-        rows.append(dict(arm=arm, size=f"{h}x{w}", tokens=(h // 4) * (w // 4), note=note, method=method,
-                         fd=metrics["fd"], precision=metrics["precision"], recall=metrics["recall"],
-                         accuracy=metrics["class_consistency"]))
+        metrics = evaluate(
+            folder / f"{h}x{w}.npz", DATA, extractor, split="test", reference_budget=side, cache_dir=work / "eval_cache"
+        )
+        rows.append(
+            dict(
+                arm=arm,
+                size=f"{h}x{w}",
+                tokens=(h // 4) * (w // 4),
+                note=note,
+                method=method,
+                fd=metrics["fd"],
+                precision=metrics["precision"],
+                recall=metrics["recall"],
+                accuracy=metrics["class_consistency"],
+            )
+        )
         grids[f"{h}x{w} {method}"] = images[:: s["per_class"]]
-        print(f"  {arm:6s} {h}x{w:<3d} {method:22s} FD {metrics['fd']:8.2f}  P {metrics['precision']:.3f}  "
-              f"R {metrics['recall']:.3f}  acc {metrics['class_consistency']:.3f}", flush=True)
-    grid = image_grid([list(v) for v in grids.values()], list(grids), sampler.class_names, min_cell=1,
-                      title=f"{arm}: one sample per class (columns) per size and RoPE method (rows)")
+        print(
+            f"  {arm:6s} {h}x{w:<3d} {method:22s} FD {metrics['fd']:8.2f}  P {metrics['precision']:.3f}  "
+            f"R {metrics['recall']:.3f}  acc {metrics['class_consistency']:.3f}",
+            flush=True,
+        )
+    grid = image_grid(
+        [list(v) for v in grids.values()],
+        list(grids),
+        sampler.class_names,
+        min_cell=1,
+        title=f"{arm}: one sample per class (columns) per size and RoPE method (rows)",
+    )
     return rows, {"grid": grid, "params": sum(p.numel() for p in sampler.model.parameters())}
 
 
@@ -128,28 +203,41 @@ def grid_name(arm: str, mode: str) -> str:
     return f"quality_{arm}.jpg" if mode == "full" else f"quality_quick_{arm}.jpg"  # noisy samples: JPEG is 10x smaller
 
 
-def write_report(path: Path, rows: list[dict], infos: dict, s: dict, mode: str, wall: float, classifier_acc: float,
-                 command: str) -> None:
-    lines = [f"# Quality benchmark ({mode})", "",
-             f"Command: `{command}`  ",
-             f"Wall time: {wall / 60:.1f} min on {_cpu_name()}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}.", "",
-             f"Data: embedded clipart, train split, pixel space, patch 4, budget {BUDGET}x{BUDGET} px "
-             f"({(BUDGET // 4) ** 2} tokens). Evaluation: {s['per_class']} samples per class against the test split "
-             f"(reference images resized to the same pixel count), Euler {s['steps']} steps, CFG 1.5. Features: the "
-             f"locally trained classifier (test accuracy {classifier_acc:.1%}); FD = Fréchet distance on its pooled "
-             "features, precision/recall k=3, accuracy = how often a sample is classified as its class.", "",
-             "| arm | params | depth | steps | training tokens | images | final loss | train time | tokens/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def write_report(
+    path: Path, rows: list[dict], infos: dict, s: dict, mode: str, wall: float, classifier_acc: float, command: str
+) -> None:
+    lines = [
+        f"# Quality benchmark ({mode})",
+        "",
+        f"Command: `{command}`  ",
+        f"Wall time: {wall / 60:.1f} min on {_cpu_name()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}.",
+        "",
+        f"Data: embedded clipart, train split, pixel space, patch 4, budget {BUDGET}x{BUDGET} px "
+        f"({(BUDGET // 4) ** 2} tokens). Evaluation: {s['per_class']} samples per class against the test split "
+        f"(reference images resized to the same pixel count), Euler {s['steps']} steps, CFG 1.5. Features: the "
+        f"locally trained classifier (test accuracy {classifier_acc:.1%}); FD = Fréchet distance on its pooled "
+        "features, precision/recall k=3, accuracy = how often a sample is classified as its class.",
+        "",
+        "| arm | params | depth | steps | training tokens | images | final loss | train time | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for arm, info in infos.items():
-        lines.append(f"| {arm} | {info['params'] / 1e6:.2f}M | {arm_depth(arm, s['base_depth'])} | {info['steps']} | "
-                     f"{info['tokens']:,.0f} | {info['images']:,.0f} | {info['loss']:.4f} | "
-                     f"{info['seconds'] / 60:.1f} min | {info['tokens_per_s']:,.0f} |")
-    lines += ["", "| arm | size | tokens | setting | RoPE | FD ↓ | precision ↑ | recall ↑ | class acc ↑ |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {arm} | {info['params'] / 1e6:.2f}M | {arm_depth(arm, s['base_depth'])} | {info['steps']} | "
+            f"{info['tokens']:,.0f} | {info['images']:,.0f} | {info['loss']:.4f} | "
+            f"{info['seconds'] / 60:.1f} min | {info['tokens_per_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        "| arm | size | tokens | setting | RoPE | FD ↓ | precision ↑ | recall ↑ | class acc ↑ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['size']} | {r['tokens']} | {r['note']} | {r['method']} | {r['fd']:.2f} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} |")
+        lines.append(
+            f"| {r['arm']} | {r['size']} | {r['tokens']} | {r['note']} | {r['method']} | {r['fd']:.2f} | "
+            f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} |"
+        )
     lines += ["", *[f"![{arm}]({grid_name(arm, mode)})" for arm in infos]]
     path.write_text("\n".join(lines) + "\n")
 
@@ -174,16 +262,18 @@ def main(argv: list[str] | None = None) -> int:
         prepare(DATA, tokens, patch_size=4, budget=BUDGET, split="train")
     classifier = work / "classifier"
     if not (classifier / "classifier.json").is_file():
-        train_classifier(DATA, classifier, epochs=s["classifier_epochs"], max_minutes=s["classifier_minutes"],
-                         seed=args.seed)
+        train_classifier(
+            DATA, classifier, epochs=s["classifier_epochs"], max_minutes=s["classifier_minutes"], seed=args.seed
+        )
     classifier_acc = load_classifier(classifier).meta.get("test_accuracy", float("nan"))
 
     rows, infos = [], {}
     for arm in args.arms.split(","):
         print(f"== {arm}: training", flush=True)
         checkpoint, info = train_arm(arm, tokens, work, s, args.seed)
-        print(f"== {arm}: {info['steps']} steps, {info['tokens']:,.0f} tokens, {info['seconds'] / 60:.1f} min",
-              flush=True)
+        print(
+            f"== {arm}: {info['steps']} steps, {info['tokens']:,.0f} tokens, {info['seconds'] / 60:.1f} min", flush=True
+        )
         arm_rows, extra = evaluate_arm(arm, checkpoint, work, classifier, s, args.seed)
         info["params"] = extra["params"]
         extra["grid"].save(results / grid_name(arm, mode), quality=92)

@@ -50,13 +50,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIPART = ROOT / "data" / "clipart" / "metadata.jsonl"
 
 # Assumed shares of common ImageNet sizes (w, h): 85% large photos, a 15% tail of small ones.
-IMAGENET_SIZES = [((500, 375), 0.35), ((375, 500), 0.15), ((500, 333), 0.15), ((500, 500), 0.10),
-                  ((640, 480), 0.10), ((200, 150), 0.04), ((150, 200), 0.03), ((120, 120), 0.02),
-                  ((250, 180), 0.03), ((300, 225), 0.03)]
-GPU_COMMAND = ("python benchmarks/throughput.py --device cuda --dtypes bf16 "
-               "--job FiTv2-B/2:imagenet-256,imagenet-1024:64:10 --job FiTv2-XL/2:imagenet-256,imagenet-1024:16:10 "
-               "--modes padded,packed,packed2,flat --sample FiTv2-B/2:8:50 --sample FiTv2-XL/2:8:50 "
-               "--out benchmarks/results/throughput_gpu.md --json benchmarks/results/throughput_gpu.json")
+IMAGENET_SIZES = [
+    ((500, 375), 0.35),
+    ((375, 500), 0.15),
+    ((500, 333), 0.15),
+    ((500, 500), 0.10),
+    ((640, 480), 0.10),
+    ((200, 150), 0.04),
+    ((150, 200), 0.03),
+    ((120, 120), 0.02),
+    ((250, 180), 0.03),
+    ((300, 225), 0.03),
+]
+GPU_COMMAND = (
+    "python benchmarks/throughput.py --device cuda --dtypes bf16 "
+    "--job FiTv2-B/2:imagenet-256,imagenet-1024:64:10 --job FiTv2-XL/2:imagenet-256,imagenet-1024:16:10 "
+    "--modes padded,packed,packed2,flat --sample FiTv2-B/2:8:50 --sample FiTv2-XL/2:8:50 "
+    "--out benchmarks/results/throughput_gpu.md --json benchmarks/results/throughput_gpu.json"
+)
 # name -> (budget side S in pixels, unit = patch × autoencoder down-sampling)
 DISTS = {"clipart": (64, 4), "clipart-32": (32, 4), "imagenet-256": (256, 16), "imagenet-1024": (512, 16)}
 
@@ -91,8 +102,9 @@ def sample_shapes(name: str, n: int, seed: int) -> list[tuple[int, int]]:
     return [(side // unit, side // unit) if dist[i][1] and c else dist[i][0] for i, c in zip(idx, coins)]
 
 
-def make_batch(shapes: list[tuple[int, int]], packed: bool, length: int, cfg: ModelConfig, seed: int,
-               device: torch.device) -> tuple[dict, list[list[int]]]:
+def make_batch(
+    shapes: list[tuple[int, int]], packed: bool, length: int, cfg: ModelConfig, seed: int, device: torch.device
+) -> tuple[dict, list[list[int]]]:
     """flow_loss inputs (random token values: the numbers are about speed) and the rows."""
     g = torch.Generator().manual_seed(seed)
     items = [(torch.randn(h * w, cfg.token_dim, generator=g), h, w) for h, w in shapes]
@@ -124,8 +136,11 @@ def step_macs(cfg: ModelConfig, n: list[int], rows: list[list[int]], row_len: in
     linear = (linear_macs(model, 1) - per_image) * sum(n) + per_image * len(n)
     useful = sum(attention_macs(cfg, k) for k in n)
     if sparse:
-        kernel = sum(sum(attention_macs(cfg, n[i]) for i in row)
-                     + pad_weight * attention_macs(cfg, row_len - sum(n[i] for i in row)) for row in rows)
+        kernel = sum(
+            sum(attention_macs(cfg, n[i]) for i in row)
+            + pad_weight * attention_macs(cfg, row_len - sum(n[i] for i in row))
+            for row in rows
+        )
     else:
         kernel = len(rows) * attention_macs(cfg, row_len)
     return linear + kernel, linear + useful
@@ -181,7 +196,7 @@ def _trainer(spec: dict) -> tuple[torch.device, ModelConfig, dict, dict]:
     batches, steps = {}, {}
     for mode in spec["modes"]:
         packed = mode.startswith("packed") or mode == "flat"  # "packedK": rows of K × budget tokens
-        length = int(mode[len("packed"):] or 1) * (side // unit) ** 2 if mode.startswith("packed") else 0
+        length = int(mode[len("packed") :] or 1) * (side // unit) ** 2 if mode.startswith("packed") else 0
         inputs, rows = make_batch(shapes, packed, length, cfg, spec["seed"], device)
         kernel = choose_attention(spec["attention"], inputs["layout"].attention_segment()).name  # what the model runs
         batches[mode] = (shapes, rows, inputs["x1"].shape[1], kernel)
@@ -234,11 +249,28 @@ def run_train(spec: dict) -> list[dict]:
         n = [h * w for h, w in shapes]
         kernel, useful = step_macs(cfg, n, rows, row_len, backend)
         sec = statistics.median(times[mode])
-        results.append(dict(spec, mode=mode, images=len(n), rows=len(rows), row_len=row_len, valid=sum(n),
-                            computed=len(rows) * row_len, pad=1 - sum(n) / (len(rows) * row_len), step_s=sec,
-                            tok_s=sum(n) / sec, img_s=len(n) / sec, mfu=6 * kernel / sec / peak,
-                            useful_mfu=6 * useful / sec / peak, peak_tflops=peak / 1e12, mem_mib=memory[mode],
-                            backend=backend, times=times[mode], load=load))
+        results.append(
+            dict(
+                spec,
+                mode=mode,
+                images=len(n),
+                rows=len(rows),
+                row_len=row_len,
+                valid=sum(n),
+                computed=len(rows) * row_len,
+                pad=1 - sum(n) / (len(rows) * row_len),
+                step_s=sec,
+                tok_s=sum(n) / sec,
+                img_s=len(n) / sec,
+                mfu=6 * kernel / sec / peak,
+                useful_mfu=6 * useful / sec / peak,
+                peak_tflops=peak / 1e12,
+                mem_mib=memory[mode],
+                backend=backend,
+                times=times[mode],
+                load=load,
+            )
+        )
     return results
 
 
@@ -252,8 +284,15 @@ def run_sampling(spec: dict) -> dict:
 
     def sample(steps: int) -> None:
         with autocast:
-            sample_tokens(model, h, w, labels, solver=SolverConfig("euler", steps=steps),
-                          guidance=Guidance(scale=1.5), generator=torch.Generator().manual_seed(0))
+            sample_tokens(
+                model,
+                h,
+                w,
+                labels,
+                solver=SolverConfig("euler", steps=steps),
+                guidance=Guidance(scale=1.5),
+                generator=torch.Generator().manual_seed(0),
+            )
 
     sample(2)  # warm-up
     sync(device)
@@ -265,8 +304,15 @@ def run_sampling(spec: dict) -> dict:
     per_image = linear_macs(build_model(cfg, device="meta"), h * w) + attention_macs(cfg, h * w)
     flops = 2 * per_image * 2 * spec["batch"] * spec["steps"]  # 2 FLOPs/MAC, CFG doubles the batch
     # Euler steps cost the same, so a shorter timed run gives the 50-step rate too.
-    return dict(spec, sec=sec, img_s=spec["batch"] / sec, img_s50=spec["batch"] * spec["steps"] / (50 * sec),
-                eval_ms=1e3 * sec / spec["steps"], mfu=flops / sec / peak, peak_tflops=peak / 1e12)
+    return dict(
+        spec,
+        sec=sec,
+        img_s=spec["batch"] / sec,
+        img_s50=spec["batch"] * spec["steps"] / (50 * sec),
+        eval_ms=1e3 * sec / spec["steps"],
+        mfu=flops / sec / peak,
+        peak_tflops=peak / 1e12,
+    )
 
 
 def execute(fn, spec: dict, isolate: bool) -> dict:
@@ -278,8 +324,14 @@ def execute(fn, spec: dict, isolate: bool) -> dict:
 
 
 def machine_info(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     info = f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if device.type == "cuda":
         info += f", GPU {torch.cuda.get_device_name(device)}"
@@ -287,50 +339,77 @@ def machine_info(device: torch.device) -> str:
 
 
 def dist_table(names: list[str]) -> list[str]:
-    lines = ["| distribution | side S / unit | budget tokens | sizes (h×w tokens: share) | mean tokens (mixed) |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| distribution | side S / unit | budget tokens | sizes (h×w tokens: share) | mean tokens (mixed) |",
+        "|---|---|---|---|---|",
+    ]
     for name in names:
         side, unit = DISTS[name]
         dist = length_distribution(name)
         total = sum(d[2] for d in dist)
         shares: dict[int, float] = {}
         for (h, w), elig, weight, _ in dist:  # eligible images take the S × S crop half of the time
-            for n, p in ([(h * w, 0.5), ((side // unit) ** 2, 0.5)] if elig else [(h * w, 1.0)]):
+            for n, p in [(h * w, 0.5), ((side // unit) ** 2, 0.5)] if elig else [(h * w, 1.0)]:
                 shares[n] = shares.get(n, 0.0) + p * weight / total
         mean = sum(k * v for k, v in shares.items())
         if name.startswith("clipart"):
             desc = f"{len(dist)} train images; min {min(shares)}, max {max(shares)} tokens"
         else:
-            desc = ", ".join(f"{sw}×{sh} px → {h}×{w}: {weight / total:.1%}" + (" (crop-eligible)" if e else "")
-                             for (h, w), e, weight, (sw, sh) in dist)
+            desc = ", ".join(
+                f"{sw}×{sh} px → {h}×{w}: {weight / total:.1%}" + (" (crop-eligible)" if e else "")
+                for (h, w), e, weight, (sw, sh) in dist
+            )
         lines.append(f"| {name} | {side} / {unit} | {(side // unit) ** 2} | {desc} | {mean:.1f} |")
     return lines
 
 
 def report(results: list[dict], samples: list[dict], command: str, info: str, load: str, wall: float) -> str:
-    lines = ["# FiTv2 training and sampling throughput", "", f"Command (wall time {wall:.0f} s):", "",
-             f"    {command}", "", f"Machine: {info}.", f"Load average (1/5/15 min) {load}.", "",
-             "## Length distributions", "", *dist_table(sorted({r['dist'] for r in results})), "",
-             "## Training steps", "",
-             "Step = forward + flow loss + backward + AdamW; median of the timed steps. Valid tok/s counts "
-             "real tokens only. MFU: model FLOPs (linear of valid tokens + attention as the kernel computes "
-             "it) / dense-matmul peak of the same dtype (best of before and after the steps); useful MFU: "
-             "per-image attention only. Memory: CPU, growth of max RSS over the RSS before the model was built, "
-             "one fresh process per mode (weights, AdamW state, grads, activations); GPU, max_memory_allocated. "
-             "Load: 1-minute load average when the configuration started.", "",
-             "| preset | dist | dtype | mode | images / rows × length | pad % | step s | valid tok/s | img/s "
-             "| MFU % | useful MFU % | peak TFLOP/s | mem MiB | load |", "|" + "---|" * 14]
+    lines = [
+        "# FiTv2 training and sampling throughput",
+        "",
+        f"Command (wall time {wall:.0f} s):",
+        "",
+        f"    {command}",
+        "",
+        f"Machine: {info}.",
+        f"Load average (1/5/15 min) {load}.",
+        "",
+        "## Length distributions",
+        "",
+        *dist_table(sorted({r["dist"] for r in results})),
+        "",
+        "## Training steps",
+        "",
+        "Step = forward + flow loss + backward + AdamW; median of the timed steps. Valid tok/s counts "
+        "real tokens only. MFU: model FLOPs (linear of valid tokens + attention as the kernel computes "
+        "it) / dense-matmul peak of the same dtype (best of before and after the steps); useful MFU: "
+        "per-image attention only. Memory: CPU, growth of max RSS over the RSS before the model was built, "
+        "one fresh process per mode (weights, AdamW state, grads, activations); GPU, max_memory_allocated. "
+        "Load: 1-minute load average when the configuration started.",
+        "",
+        "| preset | dist | dtype | mode | images / rows × length | pad % | step s | valid tok/s | img/s "
+        "| MFU % | useful MFU % | peak TFLOP/s | mem MiB | load |",
+        "|" + "---|" * 14,
+    ]
     for r in results:
-        lines.append(f"| {r['preset']} | {r['dist']} | {r['dtype']} | {r['mode']} | {r['images']} / {r['rows']} × "
-                     f"{r['row_len']} | {100 * r['pad']:.1f} | {r['step_s']:.3f} | {r['tok_s']:.0f} | "
-                     f"{r['img_s']:.2f} | {100 * r['mfu']:.1f} | {100 * r['useful_mfu']:.1f} | "
-                     f"{r['peak_tflops']:.3f} | {r['mem_mib']:.0f} | {r['load']:.1f} |".replace("| nan |", "| n/a |"))
-    lines += ["", "## Packed over padded", "",
-              "Bound = 1/(1 − padding fraction of the padded batch) (packing without any padding); "
-              "fill bound = (1 − packed padding)/(1 − padded padding), what first-fit rows of that length "
-              "can reach at the same cost per computed token.", "",
-              "| preset | dist | dtype | mode | pad % padded | pad % packed | speedup | bound | % of bound "
-              "| fill bound | % of fill bound |", "|" + "---|" * 11]
+        lines.append(
+            f"| {r['preset']} | {r['dist']} | {r['dtype']} | {r['mode']} | {r['images']} / {r['rows']} × "
+            f"{r['row_len']} | {100 * r['pad']:.1f} | {r['step_s']:.3f} | {r['tok_s']:.0f} | "
+            f"{r['img_s']:.2f} | {100 * r['mfu']:.1f} | {100 * r['useful_mfu']:.1f} | "
+            f"{r['peak_tflops']:.3f} | {r['mem_mib']:.0f} | {r['load']:.1f} |".replace("| nan |", "| n/a |")
+        )
+    lines += [
+        "",
+        "## Packed over padded",
+        "",
+        "Bound = 1/(1 − padding fraction of the padded batch) (packing without any padding); "
+        "fill bound = (1 − packed padding)/(1 − padded padding), what first-fit rows of that length "
+        "can reach at the same cost per computed token.",
+        "",
+        "| preset | dist | dtype | mode | pad % padded | pad % packed | speedup | bound | % of bound "
+        "| fill bound | % of fill bound |",
+        "|" + "---|" * 11,
+    ]
     by_key = {(r["preset"], r["dist"], r["dtype"], r["mode"]): r for r in results}
     for (preset, dist, dtype, mode), pk in by_key.items():
         pd = by_key.get((preset, dist, dtype, "padded"))
@@ -338,24 +417,40 @@ def report(results: list[dict], samples: list[dict], command: str, info: str, lo
             continue
         speedup, bound = pk["tok_s"] / pd["tok_s"], 1 / (1 - pd["pad"])
         fill = (1 - pk["pad"]) / (1 - pd["pad"])
-        lines.append(f"| {preset} | {dist} | {dtype} | {mode} | {100 * pd['pad']:.1f} | {100 * pk['pad']:.1f} | "
-                     f"{speedup:.3f} | {bound:.3f} | {100 * speedup / bound:.0f}% | {fill:.3f} | "
-                     f"{100 * speedup / fill:.0f}% |")
+        lines.append(
+            f"| {preset} | {dist} | {dtype} | {mode} | {100 * pd['pad']:.1f} | {100 * pk['pad']:.1f} | "
+            f"{speedup:.3f} | {bound:.3f} | {100 * speedup / bound:.0f}% | {fill:.3f} | "
+            f"{100 * speedup / fill:.0f}% |"
+        )
     if samples:
-        lines += ["", "## Sampling", "", "Euler, CFG scale 1.5 (doubled batch), no padding.", "",
-                  "| preset | dtype | tokens | batch | steps timed | seconds | img/s (timed run) | img/s at 50 steps "
-                  "| ms / step | MFU % |", "|" + "---|" * 10]
+        lines += [
+            "",
+            "## Sampling",
+            "",
+            "Euler, CFG scale 1.5 (doubled batch), no padding.",
+            "",
+            "| preset | dtype | tokens | batch | steps timed | seconds | img/s (timed run) | img/s at 50 steps "
+            "| ms / step | MFU % |",
+            "|" + "---|" * 10,
+        ]
         for s in samples:
-            lines.append(f"| {s['preset']} | {s['dtype']} | {s['side']}×{s['side']} | {s['batch']} | {s['steps']} | "
-                         f"{s['sec']:.1f} | {s['img_s']:.3f} | {s['img_s50']:.3f} | {s['eval_ms']:.0f} | "
-                         f"{100 * s['mfu']:.1f} |")
+            lines.append(
+                f"| {s['preset']} | {s['dtype']} | {s['side']}×{s['side']} | {s['batch']} | {s['steps']} | "
+                f"{s['sec']:.1f} | {s['img_s']:.3f} | {s['img_s50']:.3f} | {s['eval_ms']:.0f} | "
+                f"{100 * s['mfu']:.1f} |"
+            )
     if not any(r["device"].startswith("cuda") for r in results + samples):
-        lines += ["", "## GPU (H100 / H200)", "",
-                  "Not measured: no GPU machine was lent in this session. The script is ready for it "
-                  "(`--device cuda`: bf16 autocast, FlexAttention through `--attention auto`, "
-                  "`torch.cuda.synchronize()` around every timing, `max_memory_allocated`, 4096³ matmul peak); "
-                  "one command measures FiTv2-B/2 and FiTv2-XL/2 in bf16 on both ImageNet distributions:", "",
-                  f"    {GPU_COMMAND}"]
+        lines += [
+            "",
+            "## GPU (H100 / H200)",
+            "",
+            "Not measured: no GPU machine was lent in this session. The script is ready for it "
+            "(`--device cuda`: bf16 autocast, FlexAttention through `--attention auto`, "
+            "`torch.cuda.synchronize()` around every timing, `max_memory_allocated`, 4096³ matmul peak); "
+            "one command measures FiTv2-B/2 and FiTv2-XL/2 in bf16 on both ImageNet distributions:",
+            "",
+            f"    {GPU_COMMAND}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -365,16 +460,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dists", default="imagenet-256", help=f"comma list of {', '.join(DISTS)}")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (the same images padded and packed)")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
-    p.add_argument("--job", action="append", default=[], metavar="PRESET:DISTS:BATCH:STEPS[:MODES]",
-                   help="repeatable; DISTS a comma list, MODES a +-list (default --modes)")
+    p.add_argument(
+        "--job",
+        action="append",
+        default=[],
+        metavar="PRESET:DISTS:BATCH:STEPS[:MODES]",
+        help="repeatable; DISTS a comma list, MODES a +-list (default --modes)",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtypes", default=None, help="comma list of fp32,bf16 (default: fp32,bf16 on CPU, bf16 on CUDA)")
-    p.add_argument("--modes", default="padded,packed",
-                   help="padded, packed (L = budget), packedK (L = K·budget), flat (the batch in one row, no padding)")
+    p.add_argument(
+        "--modes",
+        default="padded,packed",
+        help="padded, packed (L = budget), packedK (L = K·budget), flat (the batch in one row, no padding)",
+    )
     p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention kernel")
-    p.add_argument("--sample", action="append", default=None, metavar="PRESET:BATCH:STEPS",
-                   help="sampling runs at 16×16 tokens (default: first preset, batch 8, 50 steps; 'none' skips)")
+    p.add_argument(
+        "--sample",
+        action="append",
+        default=None,
+        metavar="PRESET:BATCH:STEPS",
+        help="sampling runs at 16×16 tokens (default: first preset, batch 8, 50 steps; 'none' skips)",
+    )
     p.add_argument("--matmul-n", default=None, help="peak matmul sides, best counts (1024,2048 CPU; 4096 GPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -402,8 +510,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     isolate = device.type == "cpu" and not args.no_isolate  # CUDA peaks reset in-process
-    base = dict(device=args.device, attention=args.attention, warmup=args.warmup, seed=args.seed,
-                matmul_n=args.matmul_n, threads=args.threads)
+    base = dict(
+        device=args.device,
+        attention=args.attention,
+        warmup=args.warmup,
+        seed=args.seed,
+        matmul_n=args.matmul_n,
+        threads=args.threads,
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     wall = time.perf_counter()
@@ -416,24 +530,31 @@ def main(argv: list[str] | None = None) -> None:
             if dist not in DISTS:
                 raise SystemExit(f"unknown distribution {dist!r}; choose from {', '.join(DISTS)}")
             for dtype in args.dtypes:
-                spec = dict(base, preset=preset, dist=dist, dtype=dtype, modes=modes, batch=int(batch),
-                            steps=int(steps))
+                spec = dict(
+                    base, preset=preset, dist=dist, dtype=dtype, modes=modes, batch=int(batch), steps=int(steps)
+                )
                 group = execute(run_train, spec, isolate)
                 for r in group:
                     if isolate:  # CPU: each mode's peak RSS in its own fresh process
                         r["mem_mib"] = execute(run_memory, dict(spec, modes=[r["mode"]]), isolate)
                     results.append(r)
-                    print(f"{preset} {dist} {dtype} {r['mode']}: {r['images']} img in {r['rows']}×{r['row_len']}, "
-                          f"pad {100 * r['pad']:.1f}%, {r['step_s']:.3f} s/step, {r['tok_s']:.0f} valid tok/s, "
-                          f"MFU {100 * r['mfu']:.1f}%, mem {r['mem_mib']:.0f} MiB", flush=True)
+                    print(
+                        f"{preset} {dist} {dtype} {r['mode']}: {r['images']} img in {r['rows']}×{r['row_len']}, "
+                        f"pad {100 * r['pad']:.1f}%, {r['step_s']:.3f} s/step, {r['tok_s']:.0f} valid tok/s, "
+                        f"MFU {100 * r['mfu']:.1f}%, mem {r['mem_mib']:.0f} MiB",
+                        flush=True,
+                    )
     for job in [] if args.sample == ["none"] else args.sample:
         preset, batch, steps = job.split(":")
         for dtype in args.dtypes:
             spec = dict(base, preset=preset, dtype=dtype, batch=int(batch), steps=int(steps), side=16)
             s = execute(run_sampling, spec, isolate)
             samples.append(s)
-            print(f"sample {preset} {dtype}: {s['img_s50']:.3f} img/s at 50 steps ({s['eval_ms']:.0f} ms/step, "
-                  f"MFU {100 * s['mfu']:.1f}%)", flush=True)
+            print(
+                f"sample {preset} {dtype}: {s['img_s50']:.3f} img/s at 50 steps ({s['eval_ms']:.0f} ms/step, "
+                f"MFU {100 * s['mfu']:.1f}%)",
+                flush=True,
+            )
     wall = time.perf_counter() - wall
     load1 = os.getloadavg()
     load = f"at start {' / '.join(f'{x:.2f}' for x in load0)}, at end {' / '.join(f'{x:.2f}' for x in load1)}"

@@ -26,8 +26,17 @@ def _one_thread():
 
 def tiny_config(**overrides) -> ModelConfig:
     """A FiTv2 block small enough for unit tests (head_dim 16)."""
-    base = dict(name="tiny", hidden_size=64, depth=2, num_heads=4, num_classes=10, adaln_lora_dim=16,
-                patch_size=2, in_channels=4, rope_train_len=8)
+    base = dict(
+        name="tiny",
+        hidden_size=64,
+        depth=2,
+        num_heads=4,
+        num_classes=10,
+        adaln_lora_dim=16,
+        patch_size=2,
+        in_channels=4,
+        rope_train_len=8,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
@@ -41,6 +50,7 @@ def randomize(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
 
 # Shared data, built once per session. They are read-only: a test that changes one copies it first
 # (shutil.copytree into tmp_path), so no test sees another's changes.
+
 
 @pytest.fixture(scope="session")
 def class_images(tmp_path_factory) -> Path:
@@ -75,8 +85,29 @@ def cli_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli_run")
     make_class_folder(root / "images", classes=3, per_class=4)
     assert main(["prepare", str(root / "images"), str(root / "tokens"), "--workers", "1"]) == 0
-    assert main(["train", "--data", str(root / "tokens"), "--out", str(root / "run"), "--preset", "FiTv2-Micro/4",
-                 "--batch-size", "4", "--steps", "6", "--log-every", "2", "--no-progress", "--model", "depth=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(root / "tokens"),
+                "--out",
+                str(root / "run"),
+                "--preset",
+                "FiTv2-Micro/4",
+                "--batch-size",
+                "4",
+                "--steps",
+                "6",
+                "--log-every",
+                "2",
+                "--no-progress",
+                "--model",
+                "depth=1",
+            ]
+        )
+        == 0
+    )
     with _unchanged(root):
         yield root
 
@@ -84,6 +115,7 @@ def cli_run(tmp_path_factory) -> Path:
 @contextlib.contextmanager
 def _unchanged(root: Path):
     """Fails the session if a test changed a shared folder instead of copying it."""
+
     def listing():
         return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
 

@@ -20,8 +20,13 @@ def shapes_image(label: int, w: int, h: int, rng: np.random.Generator) -> Image.
     return Image.fromarray(img)
 
 
-def make_class_folder(root: Path, classes: int = 2, per_class: int = 6, seed: int = 0,
-                      sizes=((48, 32), (32, 48), (40, 40), (64, 24), (24, 64), (36, 28))) -> Path:
+def make_class_folder(
+    root: Path,
+    classes: int = 2,
+    per_class: int = 6,
+    seed: int = 0,
+    sizes=((48, 32), (32, 48), (40, 40), (64, 24), (24, 64), (36, 28)),
+) -> Path:
     rng = np.random.default_rng(seed)
     for c in range(classes):
         d = root / f"class_{c}"
@@ -49,6 +54,14 @@ def add_odd_files(folder: Path, rng_seed: int = 1) -> dict[str, str]:
     (folder / "notes.txt").write_text("not an image")
     Image.new("RGB", (1, 1), (10, 20, 30)).save(folder / "one_pixel.png")
     shapes_image(1, 20000, 20, rng).save(folder / "very_wide.png")
-    return {"rgba.png": "kept", "palette.png": "kept", "gray.png": "kept", "gray16.png": "kept",
-            "rotated.jpg": "kept", "truncated.png": "skipped", "notes.txt": "skipped", "one_pixel.png": "skipped",
-            "very_wide.png": "skipped"}
+    return {
+        "rgba.png": "kept",
+        "palette.png": "kept",
+        "gray.png": "kept",
+        "gray16.png": "kept",
+        "rotated.jpg": "kept",
+        "truncated.png": "skipped",
+        "notes.txt": "skipped",
+        "one_pixel.png": "skipped",
+        "very_wide.png": "skipped",
+    }

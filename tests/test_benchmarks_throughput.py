@@ -25,8 +25,13 @@ def load_script():
 @pytest.mark.slow
 def test_throughput_smoke(tmp_path):
     out, raw = tmp_path / "throughput.md", tmp_path / "throughput.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--json", str(raw)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--smoke", "--out", str(out), "--json", str(raw)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "padded" in proc.stdout and "packed" in proc.stdout  # one progress line per configuration
     text = out.read_text()

@@ -56,8 +56,13 @@ def test_embed_resizes_to_the_input_area():
     assert fit_side(50, 50, 48) == (48, 48)
     model = Classifier(ClassifierConfig(num_classes=3, input_side=32)).eval()
     big = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
-    small = torch.nn.functional.interpolate(big.permute(0, 3, 1, 2).float(), size=(32, 32), mode="bicubic",
-                                            antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1)
+    small = (
+        torch.nn.functional.interpolate(big.permute(0, 3, 1, 2).float(), size=(32, 32), mode="bicubic", antialias=True)
+        .round()
+        .clamp(0, 255)
+        .byte()
+        .permute(0, 2, 3, 1)
+    )
     # the evaluation path sees a 64² image and its 32² downsample nearly alike
     a, b = model.embed(big)["pool"], model.embed(small)["pool"]
     assert torch.allclose(a, b, atol=0.05 * float(a.abs().max()))
@@ -103,11 +108,17 @@ def test_jsonl_splits(tmp_path):
     rows = []
     for label in range(2):
         for i in range(4):
-            rows.append({"path": f"images/class_{label}/img_{i:03d}.png", "label": label,
-                         "split": "test" if i == 3 else "train"})
+            rows.append(
+                {
+                    "path": f"images/class_{label}/img_{i:03d}.png",
+                    "label": label,
+                    "split": "test" if i == 3 else "train",
+                }
+            )
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    meta = train_classifier(tmp_path / "metadata.jsonl", tmp_path / "m", epochs=1, batch_size=4, budget=16,
-                            progress=False)
+    meta = train_classifier(
+        tmp_path / "metadata.jsonl", tmp_path / "m", epochs=1, batch_size=4, budget=16, progress=False
+    )
     assert meta["num_train"] == 6 and meta["num_test"] == 2
     assert meta["class_names"] == ["0", "1"]
 

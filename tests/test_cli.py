@@ -34,8 +34,22 @@ def test_train_writes_checkpoint_log_and_plot(trained):
 def test_sample_sizes_aspect_ratios_and_outputs(trained, tmp_path):
     ckpt = trained / "run" / "checkpoints" / "step_0000006"
     sizes = ["32x32", "16x48", "48x16", "20x28"]
-    proc = run("sample", str(ckpt), "--sizes", ",".join(sizes), "--labels", "0,2", "--steps", "2", "--cfg-scale", "2",
-               "--rope", "vision-ntk+attn-scale", "--out", str(tmp_path / "s"))
+    proc = run(
+        "sample",
+        str(ckpt),
+        "--sizes",
+        ",".join(sizes),
+        "--labels",
+        "0,2",
+        "--steps",
+        "2",
+        "--cfg-scale",
+        "2",
+        "--rope",
+        "vision-ntk+attn-scale",
+        "--out",
+        str(tmp_path / "s"),
+    )
     assert proc.returncode == 0, proc.stderr
     for size in sizes:
         h, w = map(int, size.split("x"))
@@ -48,12 +62,15 @@ def test_sample_sizes_aspect_ratios_and_outputs(trained, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,message", [
-    (["--sizes", "30x32"], "size 30x32 is not possible: height and width must be positive multiples of 4 px"),
-    (["--sizes", "32by32"], "is not HEIGHTxWIDTH"),
-    (["--labels", "7"], "out of range 0..2"),
-    (["--rope", "warp"], "invalid choice: 'warp'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sizes", "30x32"], "size 30x32 is not possible: height and width must be positive multiples of 4 px"),
+        (["--sizes", "32by32"], "is not HEIGHTxWIDTH"),
+        (["--labels", "7"], "out of range 0..2"),
+        (["--rope", "warp"], "invalid choice: 'warp'"),
+    ],
+)
 def test_bad_requests_exit_2_with_one_line(trained, tmp_path, args, message):
     ckpt = trained / "run" / "checkpoints" / "step_0000006"
     proc = run("sample", str(ckpt), "--out", str(tmp_path / "x"), *args)

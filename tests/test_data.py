@@ -28,8 +28,12 @@ def test_odd_files_are_kept_or_skipped_by_reason(odd_dataset):
     root, report, expected = odd_dataset
     kept = sum(v == "kept" for v in expected.values())
     assert report.images == 8 + kept
-    assert report.skipped == {"unreadable or truncated": 1, "not an image": 1, "degenerate size": 1,
-                              "aspect ratio too extreme for the budget": 1}
+    assert report.skipped == {
+        "unreadable or truncated": 1,
+        "not an image": 1,
+        "degenerate size": 1,
+        "aspect ratio too extreme for the budget": 1,
+    }
     index = json.loads((root / "tokens" / "index.json").read_text())
     assert index["skipped"] == dict(report.skipped)
     assert index["class_names"] == ["class_0", "class_1"] and index["max_tokens"] == 64

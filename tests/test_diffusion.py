@@ -44,8 +44,15 @@ def test_reverse_chain_recovers_gaussian_data_from_the_optimal_denoiser(var):
 def test_fit_v1_model_samples_with_ddpm_and_rejects_flow_solvers():
     model = randomize(FiT(tiny_config(**V1))).eval()
     y = torch.tensor([1, 2])
-    out = sample_tokens(model, 4, 6, y, solver=SolverConfig("ddpm", steps=10), guidance=Guidance(scale=2.0),
-                        generator=torch.Generator().manual_seed(0))
+    out = sample_tokens(
+        model,
+        4,
+        6,
+        y,
+        solver=SolverConfig("ddpm", steps=10),
+        guidance=Guidance(scale=2.0),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.shape == (2, 24, 16) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="solver 'ddpm'"):
         sample_tokens(model, 4, 6, y, solver=SolverConfig("euler", steps=2))
@@ -73,10 +80,24 @@ def test_released_fit_v1_weights_sample_with_ddpm_and_reference_guidance():
 
     from fitv2.checkpoint import load_model
 
-    model = load_model(DATA / "official_parity" / "weights_fitv1.safetensors", preset="FiT-XL/2", hidden_size=64,
-                       depth=2, num_heads=2, num_classes=10, mlp_ratio=2.0)
+    model = load_model(
+        DATA / "official_parity" / "weights_fitv1.safetensors",
+        preset="FiT-XL/2",
+        hidden_size=64,
+        depth=2,
+        num_heads=2,
+        num_classes=10,
+        mlp_ratio=2.0,
+    )
     assert model.config.learn_sigma and not model.config.continuous_time
     g = torch.Generator().manual_seed(0)
-    tokens = sample_tokens(model, 6, 4, torch.tensor([1, 9]), solver=SolverConfig("ddpm", steps=25),
-                           guidance=Guidance(scale=1.5, channels="reference"), generator=g)
+    tokens = sample_tokens(
+        model,
+        6,
+        4,
+        torch.tensor([1, 9]),
+        solver=SolverConfig("ddpm", steps=25),
+        guidance=Guidance(scale=1.5, channels="reference"),
+        generator=g,
+    )
     assert tokens.shape == (2, 24, 16) and torch.isfinite(tokens).all()

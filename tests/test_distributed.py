@@ -21,8 +21,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, cfg: dict) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     train(TrainConfig(**cfg))
 
@@ -41,8 +42,18 @@ def dataset(token_dataset):
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), out=str(out), preset="FiTv2-Micro/4", batch_size=8, lr=3e-3, steps=3, log_every=1,
-                ckpt_every=3, progress=False, model=dict(class_dropout_prob=0.2))
+    base = dict(
+        data=str(data),
+        out=str(out),
+        preset="FiTv2-Micro/4",
+        batch_size=8,
+        lr=3e-3,
+        steps=3,
+        log_every=1,
+        ckpt_every=3,
+        progress=False,
+        model=dict(class_dropout_prob=0.2),
+    )
     return {**base, **kw}
 
 
@@ -59,8 +70,9 @@ def _assert_same(a, b, atol=1e-5):
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("extra", [{}, {"batching": "pack", "row_length": 64}, {"fsdp": True}],
-                         ids=["ddp", "ddp-packed", "fsdp"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"batching": "pack", "row_length": 64}, {"fsdp": True}], ids=["ddp", "ddp-packed", "fsdp"]
+)
 def test_two_processes_equal_one(dataset, tmp_path, extra):
     one, two = tmp_path / "one", tmp_path / "two"
     single = {k: v for k, v in extra.items() if k != "fsdp"}

@@ -56,8 +56,15 @@ def setup(tmp_path_factory):
     ref_folder, ref_npz = _write(root, real, real_y, "ref")
     gen_folder, gen_npz = _write(root, *_images([0, 1, 2, 3], 6, seed=2), "gen")
     _, inv_npz = _write(root, 255 - real, real_y, "inverted")
-    return dict(root=root, clf=ClassifierFeatures(root / "clf"), ref=ref_npz, ref_folder=ref_folder, gen=gen_npz,
-                gen_folder=gen_folder, inv=inv_npz)
+    return dict(
+        root=root,
+        clf=ClassifierFeatures(root / "clf"),
+        ref=ref_npz,
+        ref_folder=ref_folder,
+        gen=gen_npz,
+        gen_folder=gen_folder,
+        inv=inv_npz,
+    )
 
 
 def test_self_comparison_and_a_different_set(setup, tmp_path):
@@ -70,8 +77,19 @@ def test_self_comparison_and_a_different_set(setup, tmp_path):
     assert far["fd"] > 2 * close["fd"] > 0 and far["sfd"] > close["sfd"]
     assert far["precision"] < close["precision"]
     for m in (same, close, far):
-        assert {"fd", "sfd", "is", "is_std", "precision", "recall", "class_consistency", "reference_is",
-                "num_generated", "num_reference", "reference_cached"} <= set(m)
+        assert {
+            "fd",
+            "sfd",
+            "is",
+            "is_std",
+            "precision",
+            "recall",
+            "class_consistency",
+            "reference_is",
+            "num_generated",
+            "num_reference",
+            "reference_cached",
+        } <= set(m)
         assert m["features"] == "classifier" and "fid" not in m
         assert 1.0 <= m["is"] <= 4.0 + 1e-6
     assert close["num_generated"] == 24 and close["num_reference"] == 32
@@ -151,8 +169,11 @@ def test_streaming_sources_and_shape_batches(setup):
 
 def test_jsonl_reference_split_and_budget(setup, tmp_path):
     make_class_folder(tmp_path / "data", classes=2, per_class=6)
-    rows = [{"path": f"data/class_{c}/img_{i:03d}.png", "label": c, "split": "test" if i % 2 else "train"}
-            for c in range(2) for i in range(6)]
+    rows = [
+        {"path": f"data/class_{c}/img_{i:03d}.png", "label": c, "split": "test" if i % 2 else "train"}
+        for c in range(2)
+        for i in range(6)
+    ]
     (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     src = open_source(tmp_path / "metadata.jsonl", split="test", budget=20)
     images = [im for im, _ in src]
@@ -194,11 +215,41 @@ def _cli(argv: list[str]) -> int:
 
 def test_commands(setup, tmp_path, capsys):
     out = tmp_path / "clf"
-    assert _cli(["train-classifier", str(setup["root"] / "train"), "--out", str(out), "--epochs", "1",
-                 "--batch-size", "8", "--budget", "24", "--quiet"]) == 0
+    assert (
+        _cli(
+            [
+                "train-classifier",
+                str(setup["root"] / "train"),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--budget",
+                "24",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "test accuracy" in capsys.readouterr().out
-    assert _cli(["evaluate", str(setup["gen"]), "--reference", str(setup["ref"]), "--classifier", str(out),
-                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert (
+        _cli(
+            [
+                "evaluate",
+                str(setup["gen"]),
+                "--reference",
+                str(setup["ref"]),
+                "--classifier",
+                str(out),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     saved = json.loads(default_json_path(setup["gen"]).read_text())
     assert default_json_path(setup["gen"]).name == "gen_metrics.json" and saved["num_generated"] == 24
     assert default_json_path(setup["gen_folder"]) == setup["gen_folder"] / "metrics.json"

@@ -32,8 +32,18 @@ def test_partial_finetune_from_a_checkpoint(tmp_path):
     base = dict(preset="FiTv2-Micro/4", batch_size=4, lr=3e-3, log_every=2, progress=False)
     train(TrainConfig(data=str(tmp_path / "lo"), out=str(tmp_path / "pre"), steps=4, ckpt_every=4, **base))
     pre = tmp_path / "pre" / "checkpoints" / "step_0000004"
-    train(TrainConfig(data=str(tmp_path / "hi"), out=str(tmp_path / "hr"), steps=3, ckpt_every=3, init_from=str(pre),
-                      finetune="partial", rope="vision-ntk", **base))
+    train(
+        TrainConfig(
+            data=str(tmp_path / "hi"),
+            out=str(tmp_path / "hr"),
+            steps=3,
+            ckpt_every=3,
+            init_from=str(pre),
+            finetune="partial",
+            rope="vision-ntk",
+            **base,
+        )
+    )
     before = read_state_dict(pre / "ema.safetensors")
     after = read_state_dict(tmp_path / "hr" / "checkpoints" / "step_0000003" / "model.safetensors")
     assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])  # frozen
@@ -41,9 +51,19 @@ def test_partial_finetune_from_a_checkpoint(tmp_path):
     cfg = (tmp_path / "hr" / "checkpoints" / "step_0000003" / "config.json").read_text()
     assert '"rope_train_len": 8' in cfg  # kept from the 32-pixel pretraining, not the new 48-pixel budget
     # the released code's behaviour: the trained subset starts from its fresh initialisation
-    train(TrainConfig(data=str(tmp_path / "hi"), out=str(tmp_path / "re"), steps=1, ckpt_every=1,
-                      init_from=str(pre), finetune="partial", reinit_unfrozen=True, lr=1e-12,
-                      **{k: v for k, v in base.items() if k != "lr"}))
+    train(
+        TrainConfig(
+            data=str(tmp_path / "hi"),
+            out=str(tmp_path / "re"),
+            steps=1,
+            ckpt_every=1,
+            init_from=str(pre),
+            finetune="partial",
+            reinit_unfrozen=True,
+            lr=1e-12,
+            **{k: v for k, v in base.items() if k != "lr"},
+        )
+    )
     re = read_state_dict(tmp_path / "re" / "checkpoints" / "step_0000001" / "model.safetensors")
     assert float(re["final_layer.linear.weight"].abs().max()) < 1e-9  # zero init, one step of a vanishing lr
     assert torch.equal(re["blocks.0.mlp.fc1_g.weight"], before["blocks.0.mlp.fc1_g.weight"])

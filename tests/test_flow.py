@@ -64,8 +64,7 @@ def test_packed_loss_equals_unpacked_per_image():
     singles = []
     for i, (tokens, h, w) in enumerate(items):
         b = pad_sequences([(tokens, h, w)])
-        singles.append(flow_loss(model, b.x, y[i : i + 1], b.layout, t=t[i : i + 1],
-                                 x0=noise[i][None]).per_image[0])
+        singles.append(flow_loss(model, b.x, y[i : i + 1], b.layout, t=t[i : i + 1], x0=noise[i][None]).per_image[0])
     torch.testing.assert_close(out.per_image[0], torch.stack(singles[:2]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.per_image[1, 0], singles[2], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, torch.stack(singles).mean(), atol=1e-5, rtol=1e-5)

@@ -102,9 +102,7 @@ def test_load_and_forward_shapes(weights_path):
     torch.testing.assert_close(out["logits_biased"], out["logits"] + model.fc.bias)
     torch.testing.assert_close(out["logits_biased"], model.fc(out["pool"]))
     # uint8 and the same pixels as [0, 1] floats preprocess identically
-    torch.testing.assert_close(
-        model.preprocess(a.float() / 255.0, input_max=1.0), model.preprocess(a)
-    )
+    torch.testing.assert_close(model.preprocess(a.float() / 255.0, input_max=1.0), model.preprocess(a))
 
 
 def test_tf_compat_resize():

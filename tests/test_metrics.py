@@ -49,9 +49,7 @@ def test_frechet_distance_commuting_closed_form():
     got = frechet_distance(mu1, s1, mu2, s2)
     assert got == pytest.approx(_closed_form_fd(mu1, a, mu2, b), rel=1e-6)
     # symmetric in its arguments, and accepts torch tensors
-    back = frechet_distance(
-        torch.tensor(mu2), torch.tensor(s2), torch.tensor(mu1), torch.tensor(s1)
-    )
+    back = frechet_distance(torch.tensor(mu2), torch.tensor(s2), torch.tensor(mu1), torch.tensor(s1))
     assert back == pytest.approx(got, rel=1e-6)
 
 

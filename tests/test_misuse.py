@@ -24,10 +24,20 @@ def paths(cli_run, tmp_path_factory):
     (root / "empty").mkdir()
     (root / "plain").mkdir()
     (root / "plain" / "a.png").write_bytes(b"")
-    return {"data": cli_run / "tokens", "ckpt": cli_run / "run" / "checkpoints" / "step_0000006",
-            "file": root / "file.txt", "missing": root / "missing", "junk": root / "junk.safetensors",
-            "bad_json": root / "bad.json", "unknown_json": root / "unknown.json", "images": cli_run / "images",
-            "empty": root / "empty", "plain": root / "plain", "out": root / "out", "run": cli_run / "run"}
+    return {
+        "data": cli_run / "tokens",
+        "ckpt": cli_run / "run" / "checkpoints" / "step_0000006",
+        "file": root / "file.txt",
+        "missing": root / "missing",
+        "junk": root / "junk.safetensors",
+        "bad_json": root / "bad.json",
+        "unknown_json": root / "unknown.json",
+        "images": cli_run / "images",
+        "empty": root / "empty",
+        "plain": root / "plain",
+        "out": root / "out",
+        "run": cli_run / "run",
+    }
 
 
 CASES = [
@@ -67,8 +77,10 @@ CASES = [
     ("train --data {data} --out {out} --model depth", "KEY=VALUE"),
     ("train --data {data} --out {out} --model num_heads=5", "divisible"),
     ("train --data {data} --out {out} --batch-size 64", "exceeds the dataset"),
-    ("train --data {data} --out {out} --batch-size 4 --batching pack --row-length 10",
-     "rows must hold the longest sequence"),
+    (
+        "train --data {data} --out {out} --batch-size 4 --batching pack --row-length 10",
+        "rows must hold the longest sequence",
+    ),
     ("train --data {data} --out {out} --row-length 64", "--row-length is the row of --batching pack"),
     ("train --data {data} --out {out} --batching ragged", "invalid choice: 'ragged'"),
     ("train --data {data} --out {out} --attention fast", "invalid choice: 'fast'"),
@@ -189,9 +201,17 @@ def test_help_is_fast_and_imports_no_torch():
     import time
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", "import sys; from fitv2.cli import main\n"
-                           "try: main(['sample', '--help'])\nexcept SystemExit: pass\n"
-                           "print('torch' in sys.modules)"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from fitv2.cli import main\n"
+            "try: main(['sample', '--help'])\nexcept SystemExit: pass\n"
+            "print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("False")

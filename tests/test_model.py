@@ -96,8 +96,9 @@ def test_segment_modulation_gradients(shifted):
     from fitv2.tokens import TokenLayout
 
     segment = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 2, 2, 2, 2]])
-    layout = TokenLayout(torch.zeros(2, 2, 6, dtype=torch.long), (segment > 0).float(),
-                         torch.ones(2, 2, 2, dtype=torch.long), segment)
+    layout = TokenLayout(
+        torch.zeros(2, 2, 6, dtype=torch.long), (segment > 0).float(), torch.ones(2, 2, 2, dtype=torch.long), segment
+    )
     rows = layout.flat_image_index()
     x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
     shift, scale = (torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -232,5 +233,9 @@ def test_model_backends_give_the_same_outputs(backend):
     ref_padded = model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout)
     model.runtime = Runtime(attention=backend)
     torch.testing.assert_close(model(packed.x, t, y, packed.layout), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout),
-                               ref_padded, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout),
+        ref_padded,
+        atol=1e-5,
+        rtol=1e-5,
+    )

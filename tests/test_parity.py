@@ -31,8 +31,9 @@ def test_runner_reports_failures_and_exit_status(tmp_path):
     normal = next(c for c in manifest["cases"] if c["name"] == "v2_normal")
     normal["constructor_overrides"]["custom_freqs"] = "no-such-method"
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    proc = subprocess.run([sys.executable, "-m", "fitv2.parity", str(broken), "-k", "v2_"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fitv2.parity", str(broken), "-k", "v2_"], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     last = proc.stdout.strip().splitlines()[-1]
     assert last.endswith("2 failed"), proc.stdout

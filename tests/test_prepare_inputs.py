@@ -16,12 +16,14 @@ from fitv2.errors import ConfigError, MissingFileError, UserError
 
 def png_header(path, width: int, height: int):
     """A PNG whose header claims width × height RGB pixels, with almost no data behind it."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -43,10 +45,15 @@ def test_the_size_is_checked_from_the_header_before_decoding(tmp_path, monkeypat
     assert str(err.value).startswith("too large (64x48 pixels")
 
 
-@pytest.mark.parametrize("width,height,shown", [(8193, 8192, "8193x8192 pixels"),  # just over our limit
-                                                (9000, 9000, "9000x9000 pixels"),
-                                                (13_000, 13_000, "169,000,000 pixels"),  # PIL warns
-                                                (100_000, 100_000, "10,000,000,000 pixels")])  # PIL refuses
+@pytest.mark.parametrize(
+    "width,height,shown",
+    [
+        (8193, 8192, "8193x8192 pixels"),  # just over our limit
+        (9000, 9000, "9000x9000 pixels"),
+        (13_000, 13_000, "169,000,000 pixels"),  # PIL warns
+        (100_000, 100_000, "10,000,000,000 pixels"),
+    ],
+)  # PIL refuses
 def test_decompression_bombs_are_too_large_not_unreadable(tmp_path, width, height, shown):
     with pytest.raises(SkipImage) as err:
         load_rgb(png_header(tmp_path / "bomb.png", width, height))
@@ -84,8 +91,11 @@ def test_broken_links_are_counted_and_links_to_images_work(tmp_path):
 
 def test_a_jsonl_row_naming_a_missing_file_is_skipped(tmp_path):
     make_class_folder(tmp_path / "images", classes=1, per_class=2)
-    rows = [{"path": "images/class_0/img_000.png", "label": 0}, {"path": "images/class_0/img_001.png", "label": 0},
-            {"path": "images/nope.png", "label": 0}]
+    rows = [
+        {"path": "images/class_0/img_000.png", "label": 0},
+        {"path": "images/class_0/img_001.png", "label": 0},
+        {"path": "images/nope.png", "label": 0},
+    ]
     (tmp_path / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = prepare(tmp_path / "list.jsonl", tmp_path / "tokens", workers=1, progress=False)
     assert report.images == 2 and report.skipped == {"missing file": 1}
@@ -114,18 +124,21 @@ def test_sources_without_images_are_user_errors(tmp_path):
         _run(tmp_path / "nowhere", tmp_path)
 
 
-@pytest.mark.parametrize("line,message", [
-    ("{not json", "line 3 is not JSON"),
-    ('["a.png", 0]', "line 3 is not a JSON object"),
-    ('{"label": 0}', "line 3 has no 'path'"),
-    ('{"path": "a.png"}', "line 3 has no 'label'"),
-    ('{"path": "a.png", "label": "cat"}', "line 3: 'label' must be a class number"),
-    ('{"path": "a.png", "label": 1.5}', "line 3: 'label' must be a class number"),
-    ('{"path": "a.png", "label": true}', "line 3: 'label' must be a class number"),
-    ('{"path": "a.png", "label": -1}', "line 3: 'label' must be 0 or more"),
-    ('{"path": 7, "label": 0}', "line 3: 'path' must be a file name"),
-    ('{"path": "a.png", "label": 0, "caption": 5}', "line 3: 'caption' must be a string"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", "line 3 is not JSON"),
+        ('["a.png", 0]', "line 3 is not a JSON object"),
+        ('{"label": 0}', "line 3 has no 'path'"),
+        ('{"path": "a.png"}', "line 3 has no 'label'"),
+        ('{"path": "a.png", "label": "cat"}', "line 3: 'label' must be a class number"),
+        ('{"path": "a.png", "label": 1.5}', "line 3: 'label' must be a class number"),
+        ('{"path": "a.png", "label": true}', "line 3: 'label' must be a class number"),
+        ('{"path": "a.png", "label": -1}', "line 3: 'label' must be 0 or more"),
+        ('{"path": 7, "label": 0}', "line 3: 'path' must be a file name"),
+        ('{"path": "a.png", "label": 0, "caption": 5}', "line 3: 'caption' must be a string"),
+    ],
+)
 def test_bad_jsonl_lines_name_their_line(tmp_path, line, message):
     listing = tmp_path / "list.jsonl"
     listing.write_text('{"path": "b.png", "label": "1"}\n\n' + line + "\n")  # a blank line still counts
@@ -147,16 +160,19 @@ def test_jsonl_labels_and_class_files(tmp_path):
         prepare(binary, tmp_path / "tokens", workers=1, progress=False)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(patch_size=0), "patch_size must be an integer >= 1"),
-    (dict(budget=0), "budget must be an integer >= 1"),
-    (dict(budget=30), "budget side 30 must be a multiple of patch × down-sampling = 4 × 1 = 4"),
-    (dict(min_tokens=0), "min_tokens must be an integer >= 1"),
-    (dict(min_tokens=65), "min_tokens 65 exceeds the 64 tokens of the budget"),
-    (dict(workers=0), "workers must be an integer >= 1"),
-    (dict(patch_size=2.5), "patch_size must be an integer"),
-    (dict(min_std=-1), "min_std must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(patch_size=0), "patch_size must be an integer >= 1"),
+        (dict(budget=0), "budget must be an integer >= 1"),
+        (dict(budget=30), "budget side 30 must be a multiple of patch × down-sampling = 4 × 1 = 4"),
+        (dict(min_tokens=0), "min_tokens must be an integer >= 1"),
+        (dict(min_tokens=65), "min_tokens 65 exceeds the 64 tokens of the budget"),
+        (dict(workers=0), "workers must be an integer >= 1"),
+        (dict(patch_size=2.5), "patch_size must be an integer"),
+        (dict(min_std=-1), "min_std must be a number >= 0"),
+    ],
+)
 def test_invalid_arguments_are_config_errors(tmp_path, kwargs, message):
     args = dict(patch_size=4, budget=32, workers=1, progress=False) | kwargs
     with pytest.raises(ConfigError, match=message):

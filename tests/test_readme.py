@@ -19,12 +19,26 @@ README = Path(__file__).parents[1] / "README.md"
 
 def test_released_checkpoint_recipe_on_fixture_weights():
     # The fixture's FiTv2 is a small model with the released key layout; only its size differs.
-    model = load_model(DATA / "official_parity" / "weights_fitv2.safetensors", preset="FiTv2-XL/2",
-                       hidden_size=128, depth=3, num_heads=4, adaln_lora_dim=32, num_classes=10)
+    model = load_model(
+        DATA / "official_parity" / "weights_fitv2.safetensors",
+        preset="FiTv2-XL/2",
+        hidden_size=128,
+        depth=3,
+        num_heads=4,
+        adaln_lora_dim=32,
+        num_classes=10,
+    )
     h, w = 20, 20
-    tokens = sample_tokens(model, h, w, torch.tensor([1, 7]), solver=SolverConfig("dopri5"),
-                           guidance=Guidance(scale=1.5, channels="reference"),
-                           rope=rope_scaling("vision-ntk+attn-scale"), generator=torch.Generator().manual_seed(0))
+    tokens = sample_tokens(
+        model,
+        h,
+        w,
+        torch.tensor([1, 7]),
+        solver=SolverConfig("dopri5"),
+        guidance=Guidance(scale=1.5, channels="reference"),
+        rope=rope_scaling("vision-ntk+attn-scale"),
+        generator=torch.Generator().manual_seed(0),
+    )
     latents = unpatchify(tokens, h, w, patch_size=2) / 0.18215
     assert latents.shape == (2, 4, 40, 40) and torch.isfinite(latents).all()
 

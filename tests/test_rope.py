@@ -86,7 +86,8 @@ def test_attention_scales():
     # the paper's Eq. 15 form is exactly 1 at (and below) the training size
     assert float(attention_scale_factor("paper", one, one, 16)) == 1.0
     assert float(attention_scale_factor("paper", twenty, twenty, 16)) ** 2 == pytest.approx(
-        math.log(400) / math.log(256), abs=1e-5)
+        math.log(400) / math.log(256), abs=1e-5
+    )
     assert float(yarn_mscale(torch.tensor([32]), 16)) == pytest.approx(0.1 * math.log(2) + 1)
     assert float(yarn_mscale(torch.tensor([16]), 16)) == 1.0
 

@@ -37,8 +37,18 @@ def data(token_dataset):
 
 
 def _config(data, out, **kw):
-    base = dict(data=str(data), out=str(out), preset="FiTv2-Micro/4", batch_size=8, lr=3e-3, steps=20, log_every=5,
-                ckpt_every=10, progress=False, model=dict(class_dropout_prob=0.0))
+    base = dict(
+        data=str(data),
+        out=str(out),
+        preset="FiTv2-Micro/4",
+        batch_size=8,
+        lr=3e-3,
+        steps=20,
+        log_every=5,
+        ckpt_every=10,
+        progress=False,
+        model=dict(class_dropout_prob=0.0),
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -67,6 +77,7 @@ def _steps(out):
 
 # 1. the environment is checked before any data is opened or any model built
 
+
 def test_environment_is_checked_before_data_or_model(data, tmp_path, monkeypatch):
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was opened before the options were checked")
@@ -81,6 +92,7 @@ def test_environment_is_checked_before_data_or_model(data, tmp_path, monkeypatch
 
 
 # 2. a run folder that holds a run is refused unless resumed or overwritten
+
 
 def test_a_folder_that_holds_a_run_is_refused(data, run):
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -115,6 +127,7 @@ def test_resume_latest_in_a_new_folder_starts_fresh(data, tmp_path, capsys):
 
 # 3. rotation never deletes the checkpoint just written
 
+
 def test_rotation_keeps_the_checkpoint_just_written(data, run, capsys):
     # continue from the older checkpoint: step_0000015 sorts between the two that exist
     result = train(_config(data, run, steps=15, ckpt_every=5, keep_checkpoints=1, resume=str(_ckpt(run, 10))))
@@ -135,6 +148,7 @@ def test_rotate_keeps_at_least_the_new_checkpoint(tmp_path):
 
 
 # 4. resume='latest' says where it resumes, and falls back past a broken checkpoint
+
 
 def test_resume_prints_the_step_and_folder(data, run, capsys):
     result = train(_config(data, run, steps=25, ckpt_every=5, resume="latest"))
@@ -206,6 +220,7 @@ def test_no_intact_checkpoint_is_an_error(data, run):
 
 # 5. the latest pointer is a name inside checkpoints/, never followed out of the run folder
 
+
 @pytest.fixture(scope="module")
 def other_run(data, tmp_path_factory):
     """A run further on (30 steps) that a pointer could lead to (only read: a pointer that is followed
@@ -234,6 +249,7 @@ def test_latest_is_never_followed_out_of_the_run_folder(data, run, other_run, po
 
 # 6. options that change what is trained must match the checkpoint; the others may change
 
+
 def test_changed_training_options_are_refused_by_name(data, run):
     with pytest.raises(ConfigError) as err:
         train(_config(data, run, resume="latest", lr=1e-3, batch_size=4, model=dict(class_dropout_prob=0.2)))
@@ -252,7 +268,11 @@ def test_run_options_may_change_and_are_recorded(data, run):
         saved = json.loads((where / "config.json").read_text())["train"]
         assert (saved["steps"], saved["log_every"], saved["keep_checkpoints"]) == (24, 2, 3)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "latest", "step_0000010", "step_0000020", "step_0000024"]
+        "latest",
+        "step_0000010",
+        "step_0000020",
+        "step_0000024",
+    ]
 
 
 def test_saved_train_config_is_the_base_for_a_plain_resume(data, run, tmp_path):
@@ -267,6 +287,7 @@ def test_saved_train_config_is_the_base_for_a_plain_resume(data, run, tmp_path):
 
 
 # 7. checkpoints are fsynced before they are renamed, and a failed write leaves nothing behind
+
 
 def test_checkpoint_files_and_folder_are_synced_around_the_rename(data, tmp_path, monkeypatch):
     events = []
@@ -323,6 +344,7 @@ def test_a_full_disk_removes_the_partial_checkpoint(data, run, monkeypatch):
 
 # 8. atomic_write honours the umask
 
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)])
 def test_atomic_write_honours_the_umask(tmp_path, umask, mode):
@@ -339,6 +361,7 @@ def test_atomic_write_honours_the_umask(tmp_path, umask, mode):
 
 # 9. grad_clip=0 means no clipping
 
+
 def test_grad_clip_zero_does_not_clip(data, tmp_path):
     train(_config(data, tmp_path / "off", steps=3, ckpt_every=3, log_every=1, grad_clip=0.0))
     train(_config(data, tmp_path / "huge", steps=3, ckpt_every=3, log_every=1, grad_clip=1e9))
@@ -352,6 +375,7 @@ def test_grad_clip_zero_does_not_clip(data, tmp_path):
 
 # 10. --init-from is checked like any other architecture
 
+
 def _pixel_config(**overrides):
     return model_config("FiTv2-Micro/4", num_classes=2, patch_size=4, in_channels=3, **overrides)
 
@@ -363,8 +387,11 @@ def test_init_from_a_ddpm_checkpoint_names_the_flow_override(data, tmp_path):
         train(_config(data, tmp_path / "run", init_from=str(tmp_path / "v1")))
 
 
-@pytest.mark.parametrize("config", ['{"model": {', '{"model": {"hidden_size": 100, "num_heads": 3}}', '[]'],
-                         ids=["unparseable", "invalid", "not-a-config"])
+@pytest.mark.parametrize(
+    "config",
+    ['{"model": {', '{"model": {"hidden_size": 100, "num_heads": 3}}', "[]"],
+    ids=["unparseable", "invalid", "not-a-config"],
+)
 def test_init_from_a_bad_config_is_a_user_error(data, tmp_path, config):
     cfg = _pixel_config()
     save_model_dir(tmp_path / "src", cfg, FiT(cfg).state_dict())
@@ -383,6 +410,7 @@ def test_reinit_unfrozen_needs_partial_finetuning(tmp_path):
 
 
 # 11. checkpoint errors say what is wrong with which file
+
 
 def test_load_model_on_a_missing_path(tmp_path):
     with pytest.raises(MissingFileError, match=r"checkpoint not found: .*nowhere"):
@@ -413,6 +441,7 @@ def test_a_broken_pickle_is_named(tmp_path):
 
 # 12. with ema_warmup (the default) a short run's EMA follows the weights
 
+
 def _distance(a, b):
     return sum(float((a[k].float() - b[k].float()).square().sum()) for k in a) ** 0.5
 
@@ -427,9 +456,14 @@ def test_ema_warmup_follows_a_short_run(data, tmp_path):
         raw = read_state_dict(_ckpt(out, 60) / "model.safetensors")
         ema = read_state_dict(_ckpt(out, 60) / "ema.safetensors")
         travelled = _distance(raw, init)
-        distances[warmup] = (_distance(ema, raw) / travelled, _distance(ema, init) / travelled,
-                             _distance(ema, raw) / _distance(raw, {k: torch.zeros_like(v) for k, v in raw.items()}))
-    print("EMA distance to the raw weights and to the init (as fractions of |raw - init|), |ema - raw| / |raw|:",
-          distances)
+        distances[warmup] = (
+            _distance(ema, raw) / travelled,
+            _distance(ema, init) / travelled,
+            _distance(ema, raw) / _distance(raw, {k: torch.zeros_like(v) for k, v in raw.items()}),
+        )
+    print(
+        "EMA distance to the raw weights and to the init (as fractions of |raw - init|), |ema - raw| / |raw|:",
+        distances,
+    )
     assert distances[True][0] < 0.35  # the average of about the last tenth of the run
     assert distances[False][1] < 0.02  # decay 0.9999 without warm-up: still at the init

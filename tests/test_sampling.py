@@ -47,8 +47,9 @@ def test_sde_forms_run(form):
     cfg = tiny_config()
     model = randomize(FiT(cfg)).eval()
     g = torch.Generator().manual_seed(0)
-    out = sample_tokens(model, 3, 4, torch.tensor([1, 2]), solver=SolverConfig("sde", steps=6, diffusion_form=form),
-                        generator=g)
+    out = sample_tokens(
+        model, 3, 4, torch.tensor([1, 2]), solver=SolverConfig("sde", steps=6, diffusion_form=form), generator=g
+    )
     assert out.shape == (2, 12, 16) and torch.isfinite(out).all()
 
 
@@ -95,13 +96,29 @@ def test_velocity_field_uses_null_label_and_skips_uncond_outside_interval():
 def test_sample_any_aspect_ratio(h, w):
     cfg = tiny_config()
     model = randomize(FiT(cfg)).eval()
-    out = sample_tokens(model, h, w, torch.tensor([0, 3]), solver=SolverConfig("euler", steps=3),
-                        guidance=Guidance(scale=1.5), rope=rope_scaling("vision-ntk+attn-scale"))
+    out = sample_tokens(
+        model,
+        h,
+        w,
+        torch.tensor([0, 3]),
+        solver=SolverConfig("euler", steps=3),
+        guidance=Guidance(scale=1.5),
+        rope=rope_scaling("vision-ntk+attn-scale"),
+    )
     assert out.shape == (2, h * w, cfg.token_dim) and torch.isfinite(out).all()
 
 
 def test_sampling_is_reproducible_with_a_generator():
     model = randomize(FiT(tiny_config())).eval()
-    runs = [sample_tokens(model, 3, 5, torch.tensor([1]), solver=SolverConfig("heun", steps=3),
-                          generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    runs = [
+        sample_tokens(
+            model,
+            3,
+            5,
+            torch.tensor([1]),
+            solver=SolverConfig("heun", steps=3),
+            generator=torch.Generator().manual_seed(7),
+        )
+        for _ in range(2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)

@@ -69,8 +69,12 @@ def _gaussian_velocity(mu: float, s: float):
 def test_sde_with_the_exact_velocity_samples_the_data_distribution(form):
     mu, s = 2.0, 0.5
     x0 = torch.randn(20000, generator=torch.Generator().manual_seed(0))
-    out = integrate(_gaussian_velocity(mu, s), x0, SolverConfig("sde", steps=50, diffusion_form=form),
-                    generator=torch.Generator().manual_seed(1))
+    out = integrate(
+        _gaussian_velocity(mu, s),
+        x0,
+        SolverConfig("sde", steps=50, diffusion_form=form),
+        generator=torch.Generator().manual_seed(1),
+    )
     assert float(out.mean()) == pytest.approx(mu, abs=0.02)
     assert float(out.std()) == pytest.approx(s, abs=0.02)
 
@@ -82,8 +86,11 @@ def test_sde_settings_that_cannot_work_are_refused():
         SolverConfig("sde", diffusion_form="SBDM", sample_eps=0.0)
     # the score's 1/(1 − t) is never evaluated at t = 1, even without a last step
     seen = []
-    integrate(lambda t, x: seen.append(float(t)) or -x, torch.ones(3),
-              SolverConfig("sde", steps=5, last_step="Mean", last_step_size=0.0))
+    integrate(
+        lambda t, x: seen.append(float(t)) or -x,
+        torch.ones(3),
+        SolverConfig("sde", steps=5, last_step="Mean", last_step_size=0.0),
+    )
     assert max(seen) < 1.0
     assert torch.isfinite(score_from_velocity(torch.ones(1), torch.ones(1), torch.tensor(max(seen))))
 
@@ -110,8 +117,10 @@ def _same_images(a: np.ndarray, b: np.ndarray) -> bool:
 def test_images_do_not_depend_on_the_batch_size(solver):
     sampler = pixel_sampler(patch_size=2)
     labels = torch.tensor([1, 2, 3, 4, 5])
-    runs = [sampler.generate(8, 12, labels, solver, Guidance(scale=2.0), seed=3, batch_size=b, progress=False)
-            for b in (1, 2, 5)]
+    runs = [
+        sampler.generate(8, 12, labels, solver, Guidance(scale=2.0), seed=3, batch_size=b, progress=False)
+        for b in (1, 2, 5)
+    ]
     assert runs[0].shape == (5, 8, 12, 3) and runs[0].std() > 10
     for run in runs[1:]:
         assert _same_images(run, runs[0])
@@ -134,8 +143,17 @@ def test_ddpm_noise_is_per_sample_too():
 
 def test_one_generator_for_the_batch_still_works():
     model = randomize(FiT(tiny_config())).eval()
-    runs = [sample_tokens(model, 3, 5, torch.tensor([1, 2]), solver=SolverConfig("sde", steps=3),
-                          generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    runs = [
+        sample_tokens(
+            model,
+            3,
+            5,
+            torch.tensor([1, 2]),
+            solver=SolverConfig("sde", steps=3),
+            generator=torch.Generator().manual_seed(7),
+        )
+        for _ in range(2)
+    ]
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
     with pytest.raises(ValueError, match="3 generators for 2 samples"):
         sample_tokens(model, 3, 5, torch.tensor([1, 2]), generator=[torch.Generator() for _ in range(3)])
@@ -193,8 +211,13 @@ print(json.dumps([peak, sampler.estimate_memory(height, width, batch, solver, gu
 @pytest.mark.parametrize("size", [(128, 128, 16), (256, 256, 6)])
 def test_memory_estimate_is_within_a_factor_two_of_the_measured_peak(size):
     src = str(Path(__file__).resolve().parents[1] / "src")
-    done = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(size)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps(size)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"},
+        check=True,
+    )
     measured, estimate = json.loads(done.stdout.strip().splitlines()[-1])
     assert measured > 100 * 2**20  # large enough that the comparison means something
     assert 0.5 <= estimate / measured <= 2.0, (measured, estimate)
@@ -228,8 +251,9 @@ def test_a_batch_size_that_fits_is_suggested():
 def test_progress_reaches_every_solver_step(capsys):
     sampler = pixel_sampler(patch_size=2)
     steps = []
-    sample_tokens(sampler.model, 2, 2, torch.tensor([1, 2]), solver=SolverConfig("heun", steps=3),
-                  on_step=lambda: steps.append(1))
+    sample_tokens(
+        sampler.model, 2, 2, torch.tensor([1, 2]), solver=SolverConfig("heun", steps=3), on_step=lambda: steps.append(1)
+    )
     assert len(steps) == 3
     sampler.generate(8, 8, torch.arange(3), SolverConfig("euler", steps=2), batch_size=2, progress=True)
     assert "4/4" in capsys.readouterr().err  # 2 batches (of 2 and 1) x 2 steps
@@ -245,18 +269,18 @@ def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
     cfg = tiny_config()
     model = randomize(FiT(cfg)).eval().to(device)
     items = [(torch.randn(h * w, cfg.token_dim), h, w) for h, w in [(3, 4), (2, 3), (4, 4), (3, 3)]]
-    cases = [(pad_sequences(items), torch.rand(4), torch.tensor([1, 2, 3, 4]), None),
-             (pack_sequences(items, [[0, 1], [2, 3]]), torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]]), True)]
+    cases = [
+        (pad_sequences(items), torch.rand(4), torch.tensor([1, 2, 3, 4]), None),
+        (pack_sequences(items, [[0, 1], [2, 3]]), torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]]), True),
+    ]
     with torch.no_grad():
-        eager = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout) for b, t, y, _ in
-                 cases]
+        eager = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout) for b, t, y, _ in cases]
         model.runtime = Runtime(attention="flex")
         for block in model.blocks:
             block.compile(dynamic=True)  # as train.py compiles them
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            compiled = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout)
-                        for b, t, y, _ in cases]
+            compiled = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout) for b, t, y, _ in cases]
             segment = torch.tensor([[1] * 5 + [0] * 3]).to(device)
             plan = choose_attention("flex", segment)
     for a, b in zip(compiled, eager):
@@ -275,8 +299,16 @@ def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
 def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
     from fitv2.demo import DemoConfig, _report
 
-    log = [{"step": 10 * (i + 1), "loss": 1.0 - 0.01 * i, "images": 320.0 * (i + 1), "tokens": 2e4 * (i + 1),
-            "padding": 0.1} for i in range(rows)]
+    log = [
+        {
+            "step": 10 * (i + 1),
+            "loss": 1.0 - 0.01 * i,
+            "images": 320.0 * (i + 1),
+            "tokens": 2e4 * (i + 1),
+            "padding": 0.1,
+        }
+        for i in range(rows)
+    ]
     result = SimpleNamespace(step=max(3, 10 * rows), tokens_per_s=1234.0, checkpoint=tmp_path / "ckpt")
     sampler = SimpleNamespace(model=FiT(tiny_config()))
     _report(tmp_path, DemoConfig(out=str(tmp_path)), result, {"train": 3.0}, log, sampler)

@@ -16,8 +16,17 @@ def eight_images(token_dataset):
 
 
 def _config(data, out, **kw):
-    base = dict(data=str(data), out=str(out), preset="FiTv2-Micro/4", batch_size=8, lr=3e-3, log_every=5,
-                ckpt_every=1000, progress=False, model=dict(class_dropout_prob=0.0))
+    base = dict(
+        data=str(data),
+        out=str(out),
+        preset="FiTv2-Micro/4",
+        batch_size=8,
+        lr=3e-3,
+        log_every=5,
+        ckpt_every=1000,
+        progress=False,
+        model=dict(class_dropout_prob=0.0),
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -70,8 +79,10 @@ def test_ddpm_presets_are_refused_with_the_flow_override_named(eight_images, tmp
 def test_pad_pack_and_flat_batching_train_the_same_model(eight_images, tmp_path):
     """Noise and time are keyed by each example's place in the global batch and the loss is a mean over
     images, so the rows a batch is laid out in change nothing but rounding; a resume may switch them."""
-    runs = {b: train(_config(eight_images, tmp_path / b, steps=6, log_every=1, batching=b, ckpt_every=3))
-            for b in ("pad", "pack", "flat")}
+    runs = {
+        b: train(_config(eight_images, tmp_path / b, steps=6, log_every=1, batching=b, ckpt_every=3))
+        for b in ("pad", "pack", "flat")
+    }
     weights = {b: read_state_dict(tmp_path / b / "checkpoints" / "step_0000006" / "model.safetensors") for b in runs}
     for b in ("pack", "flat"):
         assert runs[b].loss == pytest.approx(runs["pad"].loss, rel=1e-4)
@@ -79,8 +90,9 @@ def test_pad_pack_and_flat_batching_train_the_same_model(eight_images, tmp_path)
             torch.testing.assert_close(weights[b][k], weights["pad"][k], rtol=1e-3, atol=1e-5)
     (tmp_path / "pad" / "checkpoints" / "step_0000006").rename(tmp_path / "gone")  # resume from step 3
     (tmp_path / "pad" / "checkpoints" / "latest").unlink(missing_ok=True)
-    switched = train(_config(eight_images, tmp_path / "pad", steps=6, log_every=1, batching="flat", ckpt_every=3,
-                             resume="latest"))
+    switched = train(
+        _config(eight_images, tmp_path / "pad", steps=6, log_every=1, batching="flat", ckpt_every=3, resume="latest")
+    )
     assert switched.loss == pytest.approx(runs["pad"].loss, rel=1e-4)
 
 

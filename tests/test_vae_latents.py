@@ -22,9 +22,16 @@ SDXL_SCALE, FLUX_SHIFT = 0.13025, 0.1159
 
 def _tiny_vae(path, blocks: int, **config):
     vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * blocks, layers_per_block=1,
-        norm_num_groups=2, down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks, **config)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8,) * blocks,
+        layers_per_block=1,
+        norm_num_groups=2,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        **config,
+    )
     vae.save_pretrained(path)
     return path
 
@@ -33,14 +40,18 @@ def _tiny_vae(path, blocks: int, **config):
 def vaes(tmp_path_factory):
     root = tmp_path_factory.mktemp("vaes")
     torch.manual_seed(0)
-    return {"x8": _tiny_vae(root / "x8", 4), "x4": _tiny_vae(root / "x4", 3),
-            "sdxl": _tiny_vae(root / "sdxl", 4, scaling_factor=SDXL_SCALE, shift_factor=FLUX_SHIFT)}
+    return {
+        "x8": _tiny_vae(root / "x8", 4),
+        "x4": _tiny_vae(root / "x4", 3),
+        "sdxl": _tiny_vae(root / "sdxl", 4, scaling_factor=SDXL_SCALE, shift_factor=FLUX_SHIFT),
+    }
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    return make_class_folder(tmp_path_factory.mktemp("vae_images") / "images", classes=2, per_class=3,
-                             sizes=((48, 32), (64, 80), (40, 40)))
+    return make_class_folder(
+        tmp_path_factory.mktemp("vae_images") / "images", classes=2, per_class=3, sizes=((48, 32), (64, 80), (40, 40))
+    )
 
 
 def _raw(path):
@@ -52,8 +63,13 @@ def test_factors_are_read_from_the_vae_config(vaes):
     assert (x8.downsample, x8.scaling_factor, x8.shift_factor, x8.channels) == (8, 0.18215, 0.0, 4)
     assert (x4.downsample, x4.scaling_factor, x4.shift_factor) == (4, 0.18215, 0.0)
     assert (sdxl.downsample, sdxl.scaling_factor, sdxl.shift_factor) == (8, SDXL_SCALE, FLUX_SHIFT)
-    assert sdxl.spec() == {"name": "sd-vae", "path": str(vaes["sdxl"]), "scaling_factor": SDXL_SCALE,
-                           "shift_factor": FLUX_SHIFT, "downsample": 8}
+    assert sdxl.spec() == {
+        "name": "sd-vae",
+        "path": str(vaes["sdxl"]),
+        "scaling_factor": SDXL_SCALE,
+        "shift_factor": FLUX_SHIFT,
+        "downsample": 8,
+    }
     over = load_autoencoder(str(vaes["sdxl"]), scaling_factor=0.5, shift_factor=-0.25)
     assert (over.scaling_factor, over.shift_factor, over.downsample) == (0.5, -0.25, 8)
 
@@ -103,8 +119,15 @@ class _LyingAutoencoder:
 
 def test_prepare_checks_any_autoencoder_against_its_grid(images, tmp_path):
     with pytest.raises(UserError, match=r"×1 down-sampling.*declared ×2"):
-        prepare(images, tmp_path / "tokens", autoencoder=_LyingAutoencoder(), patch_size=2, budget=32, workers=1,
-                progress=False)
+        prepare(
+            images,
+            tmp_path / "tokens",
+            autoencoder=_LyingAutoencoder(),
+            patch_size=2,
+            budget=32,
+            workers=1,
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("kind", ["x8", "x4"])
@@ -114,8 +137,13 @@ def test_prepare_stores_exactly_the_tokens_the_index_records(vaes, images, tmp_p
     report = prepare(images, out, autoencoder=ae, patch_size=2, budget=64, workers=1, progress=False)
     index = json.loads((out / "index.json").read_text())
     assert index["downsample"] == ae.downsample and index["token_dim"] == 2 * 2 * 4 and index["channels"] == 4
-    assert index["autoencoder"] == {"name": "sd-vae", "path": str(vaes[kind]), "scaling_factor": 0.18215,
-                                    "shift_factor": 0.0, "downsample": ae.downsample}
+    assert index["autoencoder"] == {
+        "name": "sd-vae",
+        "path": str(vaes[kind]),
+        "scaling_factor": 0.18215,
+        "shift_factor": 0.0,
+        "downsample": ae.downsample,
+    }
     assert index["max_tokens"] == (64 // (2 * ae.downsample)) ** 2
     stored = 0
     for shard in index["shards"]:

@@ -105,8 +105,9 @@ def read_state_dict(path: str | Path, entry: str | None = None) -> dict[str, Ten
         try:
             state = load_file(str(path))
         except Exception as err:  # safetensors' own error type is not part of its API
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or not safetensors: "
-                                  f"{_first_line(err)})") from None
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated or not safetensors: {_first_line(err)})"
+            ) from None
     elif path.suffix in PICKLE_SUFFIXES:
         state = load_pickle(path)
     else:
@@ -120,7 +121,7 @@ def read_state_dict(path: str | Path, entry: str | None = None) -> dict[str, Ten
         state = state[names[0]]
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
@@ -138,10 +139,11 @@ def load_pickle(path: str | Path) -> Any:
         text = str(err)
         found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         detail = re.search(r"WeightsUnpickler error:\s*([^\n.]+)", text)
-        what = (f" (it references {found.group(1)})" if found else
-                f" ({detail.group(1).strip()})" if detail else "")
-        raise CheckpointError(f"{path} contains code or Python objects beyond tensors{what}; it will not be "
-                              "unpickled, for safety. Convert it to .safetensors in an environment you trust") from None
+        what = f" (it references {found.group(1)})" if found else f" ({detail.group(1).strip()})" if detail else ""
+        raise CheckpointError(
+            f"{path} contains code or Python objects beyond tensors{what}; it will not be "
+            "unpickled, for safety. Convert it to .safetensors in an environment you trust"
+        ) from None
     except Exception as err:  # a truncated or foreign file
         raise CheckpointError(f"cannot read {path}: not an intact PyTorch file ({_first_line(err)})") from None
 
@@ -151,8 +153,9 @@ def _listing(keys: list[str], limit: int = 12) -> str:
     return shown + (f" ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint",
-                 ignore: Callable[[str], bool] | None = None) -> None:
+def load_weights(
+    model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint", ignore: Callable[[str], bool] | None = None
+) -> None:
     """Strictly load ``state`` into ``model`` (cast to the parameters' dtype).
 
     ``ignore(key)`` marks keys left out of the check on both sides (e.g. BatchNorm counters).
@@ -181,8 +184,13 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], source: str = "chec
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=ignore is None)
 
 
-def save_model_dir(directory: str | Path, config: ModelConfig, weights: dict[str, Tensor],
-                   ema_weights: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
+def save_model_dir(
+    directory: str | Path,
+    config: ModelConfig,
+    weights: dict[str, Tensor],
+    ema_weights: dict[str, Tensor] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write weights (and EMA weights) as safetensors plus the config as JSON."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -223,8 +231,13 @@ def weights_file(directory: str | Path, weights: str = "ema") -> Path:
     return file if file.is_file() else Path(directory) / "model.safetensors"
 
 
-def load_model(path: str | Path, preset: str | None = None, weights: str = "ema",
-               device: str | torch.device = "cpu", **overrides: Any) -> FiT:
+def load_model(
+    path: str | Path,
+    preset: str | None = None,
+    weights: str = "ema",
+    device: str | torch.device = "cpu",
+    **overrides: Any,
+) -> FiT:
     """A model from a checkpoint folder of this project (its config.json decides the
     architecture), or a reference weights file plus a preset name.
 

@@ -38,14 +38,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in PRESETS:
         cfg = model_config(name)
         s = model_summary(cfg, tokens=opts.tokens)
-        rows.append((name, cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.adaln, cfg.mlp_hidden,
-                     f"{s['params'] / 1e6:,.2f}M", f"{s['gflops']:.2f}"))
+        rows.append(
+            (
+                name,
+                cfg.depth,
+                cfg.hidden_size,
+                cfg.num_heads,
+                cfg.adaln,
+                cfg.mlp_hidden,
+                f"{s['params'] / 1e6:,.2f}M",
+                f"{s['gflops']:.2f}",
+            )
+        )
     header = ("preset", "depth", "width", "heads", "adaLN", "ffn", "params", f"GFLOPs@{opts.tokens}")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths))))
-    print(f"GFLOPs: multiply-accumulates of the linear layers for one image of {opts.tokens} tokens "
-          "(FiTv2 Table I convention, attention products excluded); counted on the meta device.")
+    print(
+        f"GFLOPs: multiply-accumulates of the linear layers for one image of {opts.tokens} tokens "
+        "(FiTv2 Table I convention, attention products excluded); counted on the meta device."
+    )
     return 0
 
 
@@ -56,9 +68,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare
 
     pixel = opts.autoencoder == "pixel"
-    ae = load_autoencoder(None if pixel else opts.autoencoder, device=opts.device,
-                          scaling_factor=opts.scaling_factor, shift_factor=opts.shift_factor,
-                          downsample=opts.downsample)
+    ae = load_autoencoder(
+        None if pixel else opts.autoencoder,
+        device=opts.device,
+        scaling_factor=opts.scaling_factor,
+        shift_factor=opts.shift_factor,
+        downsample=opts.downsample,
+    )
     patch = opts.patch_size if opts.patch_size is not None else (4 if pixel else 2)
     budget = opts.budget if opts.budget is not None else (32 if pixel else 256)
     out = Path(opts.out)
@@ -66,8 +82,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         for name in ("index.json", "items.jsonl"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "shards", ignore_errors=True)
-    report = prepare(opts.source, out, autoencoder=ae, patch_size=patch, budget=budget, split=opts.split,
-                     min_tokens=opts.min_tokens, workers=opts.workers)
+    report = prepare(
+        opts.source,
+        out,
+        autoencoder=ae,
+        patch_size=patch,
+        budget=budget,
+        split=opts.split,
+        min_tokens=opts.min_tokens,
+        workers=opts.workers,
+    )
     print(f"{report.images} images -> {report.sequences} sequences, {report.tokens:,} tokens in {out}")
     for reason, count in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
         print(f"  skipped {count:5d}  {reason}  (e.g. {report.examples[reason][0]})")
@@ -129,8 +153,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train  # train() checks cfg.check_environment() before it reads any data
 
     result = train(cfg)
-    print(f"step {result.step}: loss {result.loss:.4f}, {result.tokens_per_s:,.0f} tokens/s, "
-          f"{result.seconds / 60:.1f} min; checkpoint {result.checkpoint}")
+    print(
+        f"step {result.step}: loss {result.loss:.4f}, {result.tokens_per_s:,.0f} tokens/s, "
+        f"{result.seconds / 60:.1f} min; checkpoint {result.checkpoint}"
+    )
     return 0
 
 
@@ -143,31 +169,60 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .sampling import Guidance, SolverConfig
 
     sizes = opts.size_list
-    sampler = Sampler.load(opts.checkpoint, preset=opts.preset, weights=opts.weights,
-                           autoencoder=opts.autoencoder, device=opts.device, runtime=Runtime(attention=opts.attention))
+    sampler = Sampler.load(
+        opts.checkpoint,
+        preset=opts.preset,
+        weights=opts.weights,
+        autoencoder=opts.autoencoder,
+        device=opts.device,
+        runtime=Runtime(attention=opts.attention),
+    )
     for height, width in sizes:  # fail before any work on a bad size
         check_size(height, width, sampler.unit)
     labels = sampler.labels(per_class=opts.per_class, num=opts.num, labels=opts.label_list, seed=opts.seed)
-    guidance = Guidance(scale=opts.cfg_scale, channels=opts.guidance_channels,
-                        schedule="power-cos" if opts.power_cos else "constant", power=opts.power_cos or 1.0,
-                        interval=opts.interval)
+    guidance = Guidance(
+        scale=opts.cfg_scale,
+        channels=opts.guidance_channels,
+        schedule="power-cos" if opts.power_cos else "constant",
+        power=opts.power_cos or 1.0,
+        interval=opts.interval,
+    )
     ddpm = not sampler.model.config.continuous_time  # FiT v1 weights
     solver_name = opts.solver or ("ddpm" if ddpm else "euler")
     if ddpm != (solver_name == "ddpm"):
         kind = "FiT v1 (DDPM)" if ddpm else "rectified-flow"
-        raise ConfigError(f"--solver {solver_name} does not fit this {kind} model; "
-                          + ("use --solver ddpm" if ddpm else "ddpm is for FiT v1 checkpoints"))
+        raise ConfigError(
+            f"--solver {solver_name} does not fit this {kind} model; "
+            + ("use --solver ddpm" if ddpm else "ddpm is for FiT v1 checkpoints")
+        )
     steps = opts.steps if opts.steps is not None else (250 if ddpm else 50)
-    solver = SolverConfig(solver_name, steps=steps, atol=opts.atol, rtol=opts.rtol,
-                          diffusion_form=opts.diffusion_form, last_step=opts.last_step)
+    solver = SolverConfig(
+        solver_name,
+        steps=steps,
+        atol=opts.atol,
+        rtol=opts.rtol,
+        diffusion_form=opts.diffusion_form,
+        last_step=opts.last_step,
+    )
     rope_name = opts.rope if opts.rope is not None else sampler.training_rope
     rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
-    sampler.check_memory(sizes, min(opts.batch_size, len(labels)), guidance, solver, num_images=len(labels),
-                         force=opts.force)
+    sampler.check_memory(
+        sizes, min(opts.batch_size, len(labels)), guidance, solver, num_images=len(labels), force=opts.force
+    )
     results = {}
     for height, width in sizes:
-        results[(height, width)] = sampler.generate(height, width, labels, solver, guidance, rope, opts.seed,
-                                                    opts.batch_size, progress=opts.progress, force=opts.force)
+        results[(height, width)] = sampler.generate(
+            height,
+            width,
+            labels,
+            solver,
+            guidance,
+            rope,
+            opts.seed,
+            opts.batch_size,
+            progress=opts.progress,
+            force=opts.force,
+        )
     grid = write_samples(opts.out, results, labels, sampler.class_names)
     print(f"{len(labels)} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
     return 0
@@ -208,10 +263,12 @@ COMMANDS = {
     "prepare": (PrepareOptions, cmd_prepare, "image folder or JSONL -> token dataset"),
     "train": (TrainConfig, cmd_train, "train a model on a token dataset"),
     "sample": (SampleOptions, cmd_sample, "generate images at any sizes"),
-    "evaluate": (EvaluateOptions, cmd_evaluate, "FD/sFD, IS, precision/recall, class consistency of generated "
-                 "images"),
-    "train-classifier": (ClassifierOptions, cmd_train_classifier,
-                         "train the small feature network used by `fitv2 evaluate`"),
+    "evaluate": (EvaluateOptions, cmd_evaluate, "FD/sFD, IS, precision/recall, class consistency of generated images"),
+    "train-classifier": (
+        ClassifierOptions,
+        cmd_train_classifier,
+        "train the small feature network used by `fitv2 evaluate`",
+    ),
     "demo": (DemoOptions, cmd_demo, "prepare the embedded clipart data, train a small model on the CPU, sample"),
 }
 

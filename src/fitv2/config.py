@@ -205,12 +205,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "FiT-B/2": dict(hidden_size=768, depth=12, num_heads=12, **_V1),
     "FiT-XL/2": dict(hidden_size=1152, depth=28, num_heads=16, **_V1),
     # Small models for CPU work (not from the paper): pixel space, 3 channels.
-    "FiTv2-Tiny/4": dict(hidden_size=192, depth=6, num_heads=3, patch_size=4, in_channels=3,
-                         num_classes=20, rope_train_len=8),
-    "FiTv2-Mini/4": dict(hidden_size=128, depth=6, num_heads=2, patch_size=4, in_channels=3,
-                         num_classes=20, rope_train_len=8),
-    "FiTv2-Micro/4": dict(hidden_size=64, depth=2, num_heads=2, patch_size=4, in_channels=3,
-                          num_classes=10, rope_train_len=8),
+    "FiTv2-Tiny/4": dict(
+        hidden_size=192, depth=6, num_heads=3, patch_size=4, in_channels=3, num_classes=20, rope_train_len=8
+    ),
+    "FiTv2-Mini/4": dict(
+        hidden_size=128, depth=6, num_heads=2, patch_size=4, in_channels=3, num_classes=20, rope_train_len=8
+    ),
+    "FiTv2-Micro/4": dict(
+        hidden_size=64, depth=2, num_heads=2, patch_size=4, in_channels=3, num_classes=10, rope_train_len=8
+    ),
 }
 
 # Table II of the FiTv2 paper: model overrides on top of the B/2 width, and the training

@@ -57,8 +57,9 @@ def demo_sizes(budget: int) -> list[tuple[int, int, str, str]]:
     if budget == 32:
         return SIZES
     scale = budget / 32
-    return [(max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4), rope, note)
-            for h, w, rope, note in SIZES]
+    return [
+        (max(4, round(h * scale / 4) * 4), max(4, round(w * scale / 4) * 4), rope, note) for h, w, rope, note in SIZES
+    ]
 
 
 def run_demo(cfg: DemoConfig) -> Path:
@@ -77,10 +78,26 @@ def run_demo(cfg: DemoConfig) -> Path:
     timings["prepare"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = train(TrainConfig(
-        data=str(tokens), out=str(out / "run"), preset=cfg.preset, model=cfg.model, batch_size=cfg.batch_size,
-        lr=cfg.lr, warmup_steps=100, ema_decay=0.999, ema_warmup=True, steps=1_000_000, max_minutes=cfg.minutes,
-        ckpt_every=1000, log_every=10, seed=cfg.seed, bucket=4, resume="latest"))
+    result = train(
+        TrainConfig(
+            data=str(tokens),
+            out=str(out / "run"),
+            preset=cfg.preset,
+            model=cfg.model,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            warmup_steps=100,
+            ema_decay=0.999,
+            ema_warmup=True,
+            steps=1_000_000,
+            max_minutes=cfg.minutes,
+            ckpt_every=1000,
+            log_every=10,
+            seed=cfg.seed,
+            bucket=4,
+            resume="latest",
+        )
+    )
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -91,19 +108,32 @@ def run_demo(cfg: DemoConfig) -> Path:
     guidance = Guidance(scale=cfg.cfg_scale)
     results = {}
     for height, width, rope, _ in demo_sizes(cfg.budget):
-        results[(height, width)] = sampler.generate(height, width, labels, solver, guidance, rope_scaling(rope),
-                                                    seed=cfg.seed, progress=False)
+        results[(height, width)] = sampler.generate(
+            height, width, labels, solver, guidance, rope_scaling(rope), seed=cfg.seed, progress=False
+        )
     write_samples(out / "samples", results, labels, sampler.class_names, grid_columns=k)
-    grid = image_grid([list(im) for im in results.values()],
-                      [f"{h}x{w}" for h, w in results], sampler.class_names, scale=2,
-                      title="one sample per class (columns) at each size (rows), all enlarged 2x")
+    grid = image_grid(
+        [list(im) for im in results.values()],
+        [f"{h}x{w}" for h, w in results],
+        sampler.class_names,
+        scale=2,
+        title="one sample per class (columns) at each size (rows), all enlarged 2x",
+    )
     grid.save(out / "samples.png")
     per_class = 6
-    many = sampler.generate(cfg.budget, cfg.budget, torch.arange(k).repeat_interleave(per_class), solver, guidance,
-                            seed=cfg.seed + 1, progress=False)
+    many = sampler.generate(
+        cfg.budget,
+        cfg.budget,
+        torch.arange(k).repeat_interleave(per_class),
+        solver,
+        guidance,
+        seed=cfg.seed + 1,
+        progress=False,
+    )
     rows = [list(many[c * per_class : (c + 1) * per_class]) for c in range(k)]
-    image_grid(rows, sampler.class_names, min_cell=48,
-               title=f"{per_class} samples per class at {cfg.budget}x{cfg.budget}").save(out / "samples_square.png")
+    image_grid(
+        rows, sampler.class_names, min_cell=48, title=f"{per_class} samples per class at {cfg.budget}x{cfg.budget}"
+    ).save(out / "samples_square.png")
     timings["sample"] = time.perf_counter() - t0
 
     log_file = out / "run" / "log.jsonl"
@@ -122,35 +152,53 @@ def _loss_summary(log: list[dict]) -> str:
     head, tail = max(1, min(5, len(log) // 2)), max(1, min(20, len(log) // 2))
     first = np.mean([r["loss"] for r in log[:head]])
     final = np.mean([r["loss"] for r in log[-tail:]])
-    return (f"Loss: {first:.4f} (mean of the first {head} log rows) -> {final:.4f} (mean of the last {tail}), "
-            f"{len(log)} rows.")
+    return (
+        f"Loss: {first:.4f} (mean of the first {head} log rows) -> {final:.4f} (mean of the last {tail}), "
+        f"{len(log)} rows."
+    )
 
 
 def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: list[dict], sampler) -> None:
     params = sum(p.numel() for p in sampler.model.parameters())
     if log:
         last = log[-1]
-        progress = (f"{last['images']:,.0f} images, {last['tokens']:,.0f} tokens, "
-                    f"{result.tokens_per_s:,.0f} valid tokens/s on average, padding {last['padding']:.1%} of "
-                    "computed tokens.")
+        progress = (
+            f"{last['images']:,.0f} images, {last['tokens']:,.0f} tokens, "
+            f"{result.tokens_per_s:,.0f} valid tokens/s on average, padding {last['padding']:.1%} of "
+            "computed tokens."
+        )
     else:
         progress = f"{result.tokens_per_s:,.0f} valid tokens/s on average."
     lines = [
-        "# fitv2 demo report", "",
+        "# fitv2 demo report",
+        "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}.", "",
+        f"torch {torch.__version__}.",
+        "",
         f"Model: {cfg.preset} in pixel space (patch 4, {params / 1e6:.2f}M parameters), "
         f"{sampler.model.config.num_classes} classes, token budget {cfg.budget}x{cfg.budget} px "
-        f"= {(cfg.budget // 4) ** 2} tokens; mixed data, logit-normal time, batch {cfg.batch_size}, lr {cfg.lr}.", "",
-        "| stage | wall time |", "|---|---|",
+        f"= {(cfg.budget // 4) ** 2} tokens; mixed data, logit-normal time, batch {cfg.batch_size}, lr {cfg.lr}.",
+        "",
+        "| stage | wall time |",
+        "|---|---|",
         *[f"| {k} | {v / 60:.1f} min ({v:.0f} s) |" for k, v in timings.items()],
-        f"| total | {sum(timings.values()) / 60:.1f} min |", "",
+        f"| total | {sum(timings.values()) / 60:.1f} min |",
+        "",
         f"Training: {result.step} step{'s' if result.step != 1 else ''}, {progress}",
-        _loss_summary(log), "",
-        f"Sampling: Euler, {cfg.steps} steps, classifier-free guidance {cfg.cfg_scale}.", "",
-        "| size (px) | tokens | RoPE | note |", "|---|---|---|---|",
-        *[f"| {h}x{w} | {(h // 4) * (w // 4)} | {rope} | {note} |" for h, w, rope, note in demo_sizes(cfg.budget)], "",
-        "![samples](samples.png)", "", "![samples per class](samples_square.png)", "", "![loss](loss.png)", "",
+        _loss_summary(log),
+        "",
+        f"Sampling: Euler, {cfg.steps} steps, classifier-free guidance {cfg.cfg_scale}.",
+        "",
+        "| size (px) | tokens | RoPE | note |",
+        "|---|---|---|---|",
+        *[f"| {h}x{w} | {(h // 4) * (w // 4)} | {rope} | {note} |" for h, w, rope, note in demo_sizes(cfg.budget)],
+        "",
+        "![samples](samples.png)",
+        "",
+        "![samples per class](samples_square.png)",
+        "",
+        "![loss](loss.png)",
+        "",
         f"Checkpoint: `{result.checkpoint}`. Sample more with "
         f"`fitv2 sample {result.checkpoint} --sizes 32x32,24x48 --per-class 2 --cfg-scale {cfg.cfg_scale}`.",
     ]

@@ -83,15 +83,18 @@ class Diffusion:
         # The posterior variance is 0 at t = 0; improved-diffusion clips its log with the next value.
         log_min = torch.log(torch.cat([variance[1:2], variance[1:]])) if len(variance) > 1 else torch.log(self.betas)
         return dict(
-            recip=torch.sqrt(1 / acp), recipm1=torch.sqrt(1 / acp - 1),
+            recip=torch.sqrt(1 / acp),
+            recipm1=torch.sqrt(1 / acp - 1),
             coef_x0=self.betas * torch.sqrt(acp_prev) / (1 - acp),
             coef_xt=(1 - acp_prev) * torch.sqrt(1 - self.betas) / (1 - acp),
-            log_min=log_min, log_max=torch.log(self.betas),
+            log_min=log_min,
+            log_max=torch.log(self.betas),
         )
 
 
-def ddpm_step(x: Tensor, eps: Tensor, var: Tensor | None, i: int, coef: dict[str, Tensor],
-              noise: Tensor | None) -> Tensor:
+def ddpm_step(
+    x: Tensor, eps: Tensor, var: Tensor | None, i: int, coef: dict[str, Tensor], noise: Tensor | None
+) -> Tensor:
     """One ancestral step from step i to i − 1 (to x_0 at i = 0, without noise).
 
     eps: predicted noise; var: the learned-range value in [-1, 1] (None: the posterior variance β̃)."""
@@ -108,8 +111,14 @@ def ddpm_step(x: Tensor, eps: Tensor, var: Tensor | None, i: int, coef: dict[str
     return mean + std * noise
 
 
-def ddpm_sample(denoiser, x: Tensor, diffusion: Diffusion, generator: Generators = None,
-                progress: bool = False, on_step: Callable[[], None] | None = None) -> Tensor:
+def ddpm_sample(
+    denoiser,
+    x: Tensor,
+    diffusion: Diffusion,
+    generator: Generators = None,
+    progress: bool = False,
+    on_step: Callable[[], None] | None = None,
+) -> Tensor:
     """Run the reverse chain from x (pure noise) at the last step down to x_0.
 
     denoiser(x, timestep, flow_t) → (eps, var or None), where timestep is the original integer step

@@ -47,14 +47,17 @@ def source_config(init_from: str) -> ModelConfig | None:
     return read_model_config(path) if path.is_dir() else None
 
 
-def load_pretrained(model: nn.Module, init_from: str, weights: str = "ema", reinit_unfrozen: bool = False,
-                    mode: str = "partial") -> None:
+def load_pretrained(
+    model: nn.Module, init_from: str, weights: str = "ema", reinit_unfrozen: bool = False, mode: str = "partial"
+) -> None:
     """Load a checkpoint folder's (EMA) weights or a released weights file into ``model``, strictly."""
     if mode not in FINETUNE_MODES:
         raise ConfigError(f"finetune must be one of {', '.join(FINETUNE_MODES)}; got {mode!r}")
     if reinit_unfrozen and mode != "partial":
-        raise ConfigError(f"reinit_unfrozen re-initialises the subset that partial fine-tuning trains; with "
-                          f"mode={mode!r} that would be the whole model: use mode='partial'")
+        raise ConfigError(
+            f"reinit_unfrozen re-initialises the subset that partial fine-tuning trains; with "
+            f"mode={mode!r} that would be the whole model: use mode='partial'"
+        )
     path = weights_file(init_from, weights) if Path(init_from).is_dir() else Path(init_from)
     if not path.exists():
         raise MissingFileError(f"pretrained weights not found: {path}")

@@ -27,8 +27,9 @@ class TimeSampler:
         if self.kind not in TIME_SAMPLINGS:
             raise ValueError(f"unknown time sampling {self.kind!r}; choose one of {TIME_SAMPLINGS}")
 
-    def __call__(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> Tensor:
+    def __call__(
+        self, shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> Tensor:
         if self.kind == "uniform":
             return torch.rand(shape, generator=generator).to(device)
         u = torch.randn(shape, generator=generator).to(device)
@@ -73,9 +74,18 @@ class FlowLoss:
     t: Tensor
 
 
-def flow_loss(model, x1: Tensor, y: Tensor, layout: TokenLayout, *, time_sampler: TimeSampler = TimeSampler(),
-              t: Tensor | None = None, x0: Tensor | None = None, generator: torch.Generator | None = None,
-              **model_kwargs) -> FlowLoss:
+def flow_loss(
+    model,
+    x1: Tensor,
+    y: Tensor,
+    layout: TokenLayout,
+    *,
+    time_sampler: TimeSampler = TimeSampler(),
+    t: Tensor | None = None,
+    x0: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    **model_kwargs,
+) -> FlowLoss:
     """Rectified-flow loss of ``model`` on clean tokens x1 (B, N, C) laid out as ``layout``.
 
     t: per image, (B,) or (B, n) for packed rows; drawn from ``time_sampler`` if not given.

@@ -51,8 +51,10 @@ def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
         lo, hi = max(unit, x // unit * unit), max(unit, -(-x // unit) * unit)
         return str(lo) if lo == hi else f"{lo} or {hi}"
 
-    raise SizeError(f"size {height}x{width} is not possible: height and width must be positive multiples of "
-                    f"{unit} px (patch × autoencoder down-sampling); try {near(height)} x {near(width)}")
+    raise SizeError(
+        f"size {height}x{width} is not possible: height and width must be positive multiples of "
+        f"{unit} px (patch × autoencoder down-sampling); try {near(height)} x {near(width)}"
+    )
 
 
 def sample_generators(seed: int, height: int, width: int, indices) -> list[torch.Generator]:
@@ -97,8 +99,10 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         rows = f"a batch of {self.batch_size}" + (", doubled by guidance" if self.rows > self.batch_size else "")
-        return (f"{_bytes(self.total)} (model activations {_bytes(self.model)} for {rows}, solver "
-                f"{_bytes(self.solver)}, decoding one image {_bytes(self.decode)}, images {_bytes(self.images)})")
+        return (
+            f"{_bytes(self.total)} (model activations {_bytes(self.model)} for {rows}, solver "
+            f"{_bytes(self.solver)}, decoding one image {_bytes(self.decode)}, images {_bytes(self.images)})"
+        )
 
 
 def decode_bytes(autoencoder: Autoencoder, height: int, width: int) -> int:
@@ -113,9 +117,16 @@ def decode_bytes(autoencoder: Autoencoder, height: int, width: int) -> int:
     return 16 * (channels[1] if len(channels) > 1 else channels[0]) * pixels
 
 
-def estimate_memory(model: FiT, autoencoder: Autoencoder, height: int, width: int, batch_size: int,
-                    solver: SolverConfig = SolverConfig(), guidance: Guidance = Guidance(),
-                    num_images: int | None = None) -> MemoryEstimate:
+def estimate_memory(
+    model: FiT,
+    autoencoder: Autoencoder,
+    height: int,
+    width: int,
+    batch_size: int,
+    solver: SolverConfig = SolverConfig(),
+    guidance: Guidance = Guidance(),
+    num_images: int | None = None,
+) -> MemoryEstimate:
     """The peak memory of :meth:`Sampler.generate` for one batch at height × width pixels, from the
     model's activations for the batch's tokens (doubled by guidance; sampling rows are never
     padded, so attention needs no N × N scores), the solver state, decoding one image and the
@@ -129,8 +140,9 @@ def estimate_memory(model: FiT, autoencoder: Autoencoder, height: int, width: in
     copies = _SOLVER_COPIES.get(solver.solver, _ADAPTIVE_COPIES)
     solver_bytes = copies * rows * tokens * cfg.token_dim * 4
     images = 2 * (num_images or batch_size) * height * width * 3
-    return MemoryEstimate(height, width, batch_size, activations, solver_bytes,
-                          decode_bytes(autoencoder, height, width), images, rows)
+    return MemoryEstimate(
+        height, width, batch_size, activations, solver_bytes, decode_bytes(autoencoder, height, width), images, rows
+    )
 
 
 def _cgroup_free() -> int | None:
@@ -173,8 +185,9 @@ class SampleMemoryError(UserError):
     """Sampling a size would need more memory than the device has free."""
 
 
-def check_memory(estimate: MemoryEstimate, device: torch.device | str, force: bool = False,
-                 free: int | None = None) -> None:
+def check_memory(
+    estimate: MemoryEstimate, device: torch.device | str, force: bool = False, free: int | None = None
+) -> None:
     """Raise a UserError when ``estimate`` exceeds the free memory of ``device`` (``free``: that
     amount, if already known); nothing when ``force``, or when the free memory is unknown."""
     if force:
@@ -189,8 +202,10 @@ def check_memory(estimate: MemoryEstimate, device: torch.device | str, force: bo
         advice = f"a batch size of at most {room // estimate.per_image} fits"
     else:
         advice = "not even a batch of one fits: choose a smaller size"
-    raise SampleMemoryError(f"sampling {estimate.height}x{estimate.width} needs about {estimate.describe()}, but "
-                            f"only {_bytes(free)} is free on {torch.device(device)}; {advice}, or force it (--force)")
+    raise SampleMemoryError(
+        f"sampling {estimate.height}x{estimate.width} needs about {estimate.describe()}, but "
+        f"only {_bytes(free)} is free on {torch.device(device)}; {advice}, or force it (--force)"
+    )
 
 
 @dataclass
@@ -216,9 +231,16 @@ class Sampler:
         return next(self.model.parameters()).device
 
     @classmethod
-    def load(cls, checkpoint: str | Path, preset: str | None = None, weights: str = "ema",
-             autoencoder: str | None = None, device: str = "cpu", runtime: Runtime = Runtime(),
-             **overrides) -> Sampler:
+    def load(
+        cls,
+        checkpoint: str | Path,
+        preset: str | None = None,
+        weights: str = "ema",
+        autoencoder: str | None = None,
+        device: str = "cpu",
+        runtime: Runtime = Runtime(),
+        **overrides,
+    ) -> Sampler:
         """``runtime``: how the model runs (attention kernel); the weights and config come from the checkpoint."""
         path = Path(checkpoint)
         if path.is_dir() and (path / "config.json").is_file():
@@ -230,20 +252,25 @@ class Sampler:
             saved, meta = {}, {}
         rope = (saved.get("train") or {}).get("rope") or "none"
         if not isinstance(rope, str) or rope.lower() not in NAMED_SCALINGS:
-            raise CheckpointError(f"{path / 'config.json'} records training RoPE {rope!r}, which is not one of: "
-                                  f"{', '.join(NAMED_SCALINGS)}")
+            raise CheckpointError(
+                f"{path / 'config.json'} records training RoPE {rope!r}, which is not one of: "
+                f"{', '.join(NAMED_SCALINGS)}"
+            )
         model = load_model(path, preset=preset, weights=weights, device=device, **overrides)
         model.runtime = runtime
         ae = load_autoencoder(autoencoder, device=device, recorded=meta.get("autoencoder"))
         channels = model.config.in_channels
         if ae.channels != channels:
-            raise UserError(f"the model works on {channels}-channel inputs but the {ae.name} autoencoder has "
-                             f"{ae.channels}; pass --autoencoder (a VAE folder, or 'pixel')")
+            raise UserError(
+                f"the model works on {channels}-channel inputs but the {ae.name} autoencoder has "
+                f"{ae.channels}; pass --autoencoder (a VAE folder, or 'pixel')"
+            )
         names = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
         return cls(model, ae, names, rope.lower())
 
-    def labels(self, per_class: int | None = None, num: int | None = None, labels: list[int] | None = None,
-               seed: int = 0) -> torch.Tensor:
+    def labels(
+        self, per_class: int | None = None, num: int | None = None, labels: list[int] | None = None, seed: int = 0
+    ) -> torch.Tensor:
         k = self.model.config.num_classes
         if labels:
             bad = [y for y in labels if not 0 <= y < k]
@@ -254,15 +281,29 @@ class Sampler:
             return torch.arange(k).repeat_interleave(per_class)
         return torch.randint(0, k, (num or 8,), generator=torch.Generator().manual_seed(seed))
 
-    def estimate_memory(self, height: int, width: int, batch_size: int, solver: SolverConfig = SolverConfig(),
-                        guidance: Guidance = Guidance(), num_images: int | None = None) -> MemoryEstimate:
+    def estimate_memory(
+        self,
+        height: int,
+        width: int,
+        batch_size: int,
+        solver: SolverConfig = SolverConfig(),
+        guidance: Guidance = Guidance(),
+        num_images: int | None = None,
+    ) -> MemoryEstimate:
         """See :func:`estimate_memory`."""
         check_size(height, width, self.unit)
         return estimate_memory(self.model, self.autoencoder, height, width, batch_size, solver, guidance, num_images)
 
-    def check_memory(self, sizes: list[tuple[int, int]], batch_size: int, guidance: Guidance = Guidance(),
-                     solver: SolverConfig = SolverConfig(), *, num_images: int | None = None,
-                     force: bool = False) -> list[MemoryEstimate]:
+    def check_memory(
+        self,
+        sizes: list[tuple[int, int]],
+        batch_size: int,
+        guidance: Guidance = Guidance(),
+        solver: SolverConfig = SolverConfig(),
+        *,
+        num_images: int | None = None,
+        force: bool = False,
+    ) -> list[MemoryEstimate]:
         """Check every size (pixels) before any sampling: a SizeError for a size the model cannot
         make, a UserError naming the estimate and the free memory for one that would not fit
         (unless ``force``). ``batch_size``: images per model call (at most the number of images)."""
@@ -275,9 +316,19 @@ class Sampler:
         return estimates
 
     @torch.no_grad()
-    def generate(self, height: int, width: int, labels: torch.Tensor, solver: SolverConfig = SolverConfig(),
-                 guidance: Guidance = Guidance(), rope: RopeScaling | None = None, seed: int = 0,
-                 batch_size: int = 64, progress: bool = True, force: bool = False) -> np.ndarray:
+    def generate(
+        self,
+        height: int,
+        width: int,
+        labels: torch.Tensor,
+        solver: SolverConfig = SolverConfig(),
+        guidance: Guidance = Guidance(),
+        rope: RopeScaling | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = True,
+        force: bool = False,
+    ) -> np.ndarray:
         """uint8 images (N, H, W, 3).
 
         Sample i's noise (initial and, for SDE and DDPM, every step's) comes from its own generator
@@ -291,21 +342,33 @@ class Sampler:
         batches."""
         h, w = check_size(height, width, self.unit)
         batch_size = max(1, min(batch_size, len(labels)))
-        check_memory(self.estimate_memory(height, width, batch_size, solver, guidance, len(labels)), self.device,
-                     force)
+        check_memory(self.estimate_memory(height, width, batch_size, solver, guidance, len(labels)), self.device, force)
         p = self.model.config.patch_size
         batches = range(0, len(labels), batch_size)
         per_batch = solver.progress_steps
-        bar = tqdm(total=per_batch * len(batches) if per_batch else None, desc=f"{height}x{width}",
-                   unit="step" if per_batch else "eval", disable=not progress)
+        bar = tqdm(
+            total=per_batch * len(batches) if per_batch else None,
+            desc=f"{height}x{width}",
+            unit="step" if per_batch else "eval",
+            disable=not progress,
+        )
         out = []
         with bar:
             for n, start in enumerate(batches, 1):
                 chunk = labels[start : start + batch_size]
                 bar.set_postfix_str(f"batch {n}/{len(batches)}")
                 generators = sample_generators(seed, height, width, range(start, start + len(chunk)))
-                tokens = sample_tokens(self.model, h, w, chunk, solver=solver, guidance=guidance, rope=rope,
-                                       generator=generators, on_step=bar.update)
+                tokens = sample_tokens(
+                    self.model,
+                    h,
+                    w,
+                    chunk,
+                    solver=solver,
+                    guidance=guidance,
+                    rope=rope,
+                    generator=generators,
+                    on_step=bar.update,
+                )
                 latents = unpatchify(tokens, h, w, p)
                 # One image at a time: decoding dominates memory at large sizes, and an image's
                 # pixels stay the same whatever batch it was sampled in.
@@ -313,8 +376,13 @@ class Sampler:
         return np.concatenate(out)
 
 
-def write_samples(out: str | Path, results: dict[tuple[int, int], np.ndarray], labels: torch.Tensor,
-                  class_names: list[str], grid_columns: int = 16) -> Path:
+def write_samples(
+    out: str | Path,
+    results: dict[tuple[int, int], np.ndarray],
+    labels: torch.Tensor,
+    class_names: list[str],
+    grid_columns: int = 16,
+) -> Path:
     """PNGs in OUT/HxW/, OUT/HxW.npz (arr_0 uint8 NHWC, arr_1 labels), OUT/grid.png across sizes."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

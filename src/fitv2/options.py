@@ -19,16 +19,48 @@ from .errors import ConfigError, MissingFileError, UserError
 from .schema import build, check_fields, opt
 
 # Names accepted by --rope (tests check this equals fitv2.model.rope.NAMED_SCALINGS).
-ROPE_NAMES = ("none", "pi", "ntk", "ntk-by-parts", "yarn", "vision-ntk", "vision-ntk-by-parts", "vision-yarn",
-              "vision-ntk+attn-scale", "normal", "no", "linear", "ntk-aware", "dynntk", "partntk", "ntk-aware-pro1",
-              "ntkpro1", "ntk-aware-pro2", "ntkpro2")
+ROPE_NAMES = (
+    "none",
+    "pi",
+    "ntk",
+    "ntk-by-parts",
+    "yarn",
+    "vision-ntk",
+    "vision-ntk-by-parts",
+    "vision-yarn",
+    "vision-ntk+attn-scale",
+    "normal",
+    "no",
+    "linear",
+    "ntk-aware",
+    "dynntk",
+    "partntk",
+    "ntk-aware-pro1",
+    "ntkpro1",
+    "ntk-aware-pro2",
+    "ntkpro2",
+)
 ATTN_SCALES = ("none", "side", "area", "paper")
 SDE_DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("Mean", "Euler", "Tweedie", "None")
 # Solvers of the sampler itself; any other torchdiffeq method name is also accepted.
 SOLVERS = ("euler", "heun", "dopri5", "sde", "ddpm")
-TORCHDIFFEQ_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "euler", "midpoint", "heun2",
-                       "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
+TORCHDIFFEQ_METHODS = (
+    "dopri8",
+    "dopri5",
+    "bosh3",
+    "fehlberg2",
+    "adaptive_heun",
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+    "scipy_solver",
+)
 
 
 def check_device(name: str) -> None:
@@ -97,23 +129,28 @@ class ModelsOptions(Options):
 
 @dataclass
 class PrepareOptions(Options):
-    source: str = opt(positional=True, help="folder with one sub-folder per class, or a JSONL of {path, label, "
-                      "caption, split}")
+    source: str = opt(
+        positional=True, help="folder with one sub-folder per class, or a JSONL of {path, label, caption, split}"
+    )
     out: str = opt(positional=True, help="output dataset folder")
     autoencoder: str = opt("pixel", help="'pixel' or a local diffusers AutoencoderKL folder")
     patch_size: int | None = opt(None, ge=1, help="model patch size (not set: 4 in pixel space, 2 for a VAE)")
-    budget: int | None = opt(None, ge=1, help="budget side S in pixels: images are resized to area <= S² "
-                             "(not set: 32 in pixel space, 256 for a VAE)")
+    budget: int | None = opt(
+        None,
+        ge=1,
+        help="budget side S in pixels: images are resized to area <= S² (not set: 32 in pixel space, 256 for a VAE)",
+    )
     split: str | None = opt(None, help="with a JSONL: only rows whose 'split' equals this")
     min_tokens: int | None = opt(None, ge=1, help="skip images with fewer tokens (not set: budget tokens / 16)")
     workers: int | None = opt(None, ge=1, help="decoding processes (not set: min(4, CPUs))")
     device: str = opt("cpu", help="device for the autoencoder")
-    scaling_factor: float | None = opt(None, gt=0, help="latent scaling factor (not set: the VAE config's "
-                                       "scaling_factor)")
-    shift_factor: float | None = opt(None, help="latent shift factor (not set: the VAE config's shift_factor, "
-                                     "else 0)")
-    downsample: int | None = opt(None, ge=1, help="VAE spatial down-sampling (not set: from the VAE config, "
-                                 "checked against an encoded image)")
+    scaling_factor: float | None = opt(
+        None, gt=0, help="latent scaling factor (not set: the VAE config's scaling_factor)"
+    )
+    shift_factor: float | None = opt(None, help="latent shift factor (not set: the VAE config's shift_factor, else 0)")
+    downsample: int | None = opt(
+        None, ge=1, help="VAE spatial down-sampling (not set: from the VAE config, checked against an encoded image)"
+    )
     overwrite: bool = opt(False, help="replace an existing dataset in OUT")
 
     def __post_init__(self) -> None:
@@ -121,8 +158,9 @@ class PrepareOptions(Options):
         if self.autoencoder == "pixel":
             for name in ("scaling_factor", "shift_factor", "downsample"):
                 if getattr(self, name) is not None:
-                    raise ConfigError(f"--{name.replace('_', '-')} needs a VAE (--autoencoder DIR); pixel space "
-                                      "has none")
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} needs a VAE (--autoencoder DIR); pixel space has none"
+                    )
 
     def check_environment(self) -> None:
         check_exists(self.source, "image folder or JSONL file")
@@ -140,11 +178,15 @@ class TrainConfig(Options):
 
     data: str = opt("", help="token dataset folder written by `fitv2 prepare`")
     out: str = opt("runs/train", help="run folder: checkpoints/, log.jsonl, loss.png")
-    preset: str = opt("FiTv2-Tiny/4", choices=tuple(PRESETS),
-                      help="model preset; num_classes, patch size and channels are taken from the dataset")
-    model: dict[str, Any] = opt(factory=dict, flag=False, help="ModelConfig field overrides, e.g. {\"depth\": 4}")
+    preset: str = opt(
+        "FiTv2-Tiny/4",
+        choices=tuple(PRESETS),
+        help="model preset; num_classes, patch size and channels are taken from the dataset",
+    )
+    model: dict[str, Any] = opt(factory=dict, flag=False, help='ModelConfig field overrides, e.g. {"depth": 4}')
     data_mode: Literal["mixed", "flexible", "fixed"] = opt(
-        "mixed", help="'mixed' (FiTv2), 'flexible' (FiT v1) or 'fixed' (square crops, DiT/SiT)")
+        "mixed", help="'mixed' (FiTv2), 'flexible' (FiT v1) or 'fixed' (square crops, DiT/SiT)"
+    )
     time_sampling: Literal["logit-normal", "uniform"] = opt("logit-normal", help="training time distribution")
     time_mean: float = opt(0.0, help="logit-normal mean")
     time_std: float = opt(1.0, gt=0, help="logit-normal standard deviation")
@@ -155,43 +197,68 @@ class TrainConfig(Options):
     warmup_steps: int = opt(0, ge=0, help="linear warmup from lr·1e-4 (the reference's constant_with_warmup)")
     grad_clip: float = opt(1.0, ge=0, help="clip the gradient norm to this (0 = no clipping)")
     ema_decay: float = opt(0.9999, ge=0, le=1, help="EMA decay (the upper limit while ema_warmup is on)")
-    ema_warmup: bool = opt(True, help="decay min(ema_decay, (1+step)/(10+step)): the EMA averages about the "
-                           "last tenth of any run, so short runs sample well too")
+    ema_warmup: bool = opt(
+        True,
+        help="decay min(ema_decay, (1+step)/(10+step)): the EMA averages about the "
+        "last tenth of any run, so short runs sample well too",
+    )
     steps: int = opt(1000, ge=1, help="optimizer steps")
     max_minutes: float | None = opt(None, gt=0, help="stop (and checkpoint) after this much wall time")
     train_tokens: float | None = opt(None, gt=0, help="stop (and checkpoint) after this many real training tokens")
     log_every: int = opt(10, ge=1, help="log every N steps")
     ckpt_every: int = opt(500, ge=1, help="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = opt(2, ge=1, help="checkpoints kept in the run folder (the newest)")
-    precision: Literal["fp32", "bf16"] = opt("fp32", help="'bf16': autocast for matmuls; parameters, norms, "
-                                             "RoPE and loss stay fp32")
+    precision: Literal["fp32", "bf16"] = opt(
+        "fp32", help="'bf16': autocast for matmuls; parameters, norms, RoPE and loss stay fp32"
+    )
     seed: int = opt(0, ge=0, help="seed of initialisation, data order and noise")
     bucket: int = opt(0, ge=0, help="sort chunks of bucket × batch examples by length to reduce padding (0 = off)")
-    batching: Literal["pad", "pack", "flat"] = opt("pad", help="'pad': one image per row, padded to the longest; "
-                                                   "'pack': images first fit (longest first) into rows of "
-                                                   "--row-length tokens; 'flat': each rank's batch in one row, "
-                                                   "no padding")
-    row_length: int | None = opt(None, ge=1, help="tokens per row for --batching pack (not set: the dataset's "
-                                 "token budget)")
-    rope: str = opt("none", choices=ROPE_NAMES,
-                    help="RoPE extrapolation during training, per image (e.g. vision-ntk for high-resolution tuning)")
+    batching: Literal["pad", "pack", "flat"] = opt(
+        "pad",
+        help="'pad': one image per row, padded to the longest; "
+        "'pack': images first fit (longest first) into rows of "
+        "--row-length tokens; 'flat': each rank's batch in one row, "
+        "no padding",
+    )
+    row_length: int | None = opt(
+        None, ge=1, help="tokens per row for --batching pack (not set: the dataset's token budget)"
+    )
+    rope: str = opt(
+        "none",
+        choices=ROPE_NAMES,
+        help="RoPE extrapolation during training, per image (e.g. vision-ntk for high-resolution tuning)",
+    )
     device: str = opt("auto", help="auto, cpu, cuda, cuda:N or mps")
-    attention: str = opt("auto", choices=ATTENTION_NAMES, help="attention kernel (auto: flex on CUDA, else SDPA "
-                         "over whole rows or per image, whichever does less work)")
+    attention: str = opt(
+        "auto",
+        choices=ATTENTION_NAMES,
+        help="attention kernel (auto: flex on CUDA, else SDPA over whole rows or per image, whichever does less work)",
+    )
     compile: bool = opt(False, help="torch.compile each transformer block")
     grad_checkpointing: bool = opt(False, help="activation checkpointing: recompute each block in the backward pass")
     fsdp: bool = opt(False, help="under torchrun: shard parameters, gradients and optimizer state with FSDP2")
     tensorboard: bool = opt(False, help="also log to OUT/tensorboard")
     progress: bool = opt(True, help="progress bar")
-    resume: str | None = opt(None, metavar="latest|DIR", help="'latest' (the run folder's newest intact checkpoint) "
-                             "or a checkpoint folder to continue from")
+    resume: str | None = opt(
+        None,
+        metavar="latest|DIR",
+        help="'latest' (the run folder's newest intact checkpoint) or a checkpoint folder to continue from",
+    )
     overwrite: bool = opt(False, help="start afresh in a run folder that already holds a run, deleting it")
-    init_from: str | None = opt(None, metavar="PATH", help="start from pretrained weights: a checkpoint folder "
-                                "(its architecture is used) or a released weights file of --preset")
-    finetune: Literal["full", "partial"] = opt("full", help="'partial': train only patch embedder, biases, adaLN "
-                                               "modulation and final layer")
-    reinit_unfrozen: bool = opt(False, help="with --init-from and --finetune partial: re-initialise the trained "
-                                "subset, as the released HR training code does")
+    init_from: str | None = opt(
+        None,
+        metavar="PATH",
+        help="start from pretrained weights: a checkpoint folder "
+        "(its architecture is used) or a released weights file of --preset",
+    )
+    finetune: Literal["full", "partial"] = opt(
+        "full", help="'partial': train only patch embedder, biases, adaLN modulation and final layer"
+    )
+    reinit_unfrozen: bool = opt(
+        False,
+        help="with --init-from and --finetune partial: re-initialise the trained "
+        "subset, as the released HR training code does",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -200,13 +267,17 @@ class TrainConfig(Options):
         except UserError as err:
             raise ConfigError(f"--model: {err}") from err
         if self.reinit_unfrozen and (self.finetune != "partial" or not self.init_from):
-            raise ConfigError("--reinit-unfrozen needs --init-from and --finetune partial (it re-initialises the "
-                              "subset that partial fine-tuning trains)")
+            raise ConfigError(
+                "--reinit-unfrozen needs --init-from and --finetune partial (it re-initialises the "
+                "subset that partial fine-tuning trains)"
+            )
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume contradict each other: choose one")
         if self.row_length is not None and self.batching != "pack":
-            raise ConfigError(f"--row-length is the row of --batching pack; with --batching {self.batching} "
-                              "rows are as long as the batch needs")
+            raise ConfigError(
+                f"--row-length is the row of --batching pack; with --batching {self.batching} "
+                "rows are as long as the batch needs"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "options"):
@@ -239,8 +310,10 @@ class TrainConfig(Options):
         check_device(self.device)
         check_attention(self.attention, self.device)
         if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            raise ConfigError("--fsdp shards across processes: launch with torchrun (e.g. torchrun --nproc_per_node "
-                              "2 -m fitv2.cli train ...), or drop --fsdp")
+            raise ConfigError(
+                "--fsdp shards across processes: launch with torchrun (e.g. torchrun --nproc_per_node "
+                "2 -m fitv2.cli train ...), or drop --fsdp"
+            )
         if self.init_from and not self.resume:  # a resumed run never reads its initial weights again
             check_exists(self.init_from, "--init-from weights")
 
@@ -257,24 +330,28 @@ class SampleOptions(Options):
     num: int = opt(8, ge=1, help="number of random-class samples")
     cfg_scale: float = opt(1.0, ge=0, help="classifier-free guidance scale (1 = off)")
     guidance_channels: Literal["all", "reference"] = opt(
-        "all", help="'reference' guides latent channels 0-2 only, as the released samplers")
+        "all", help="'reference' guides latent channels 0-2 only, as the released samplers"
+    )
     guidance_interval: str = opt("0,1", metavar="LO,HI", help="apply guidance for t in [LO, HI]")
     power_cos: float | None = opt(None, gt=0, help="power-cos guidance schedule with this exponent")
-    solver: str | None = opt(None, help="euler (default), heun, dopri5 (or any torchdiffeq method), sde; "
-                             "FiT v1 models: ddpm (their default)")
+    solver: str | None = opt(
+        None, help="euler (default), heun, dopri5 (or any torchdiffeq method), sde; FiT v1 models: ddpm (their default)"
+    )
     steps: int | None = opt(None, ge=1, help="solver steps (fixed-step solvers, sde, ddpm); not set: 50, ddpm 250")
     atol: float = opt(1e-6, gt=0, help="adaptive solvers' absolute tolerance")
     rtol: float = opt(1e-3, gt=0, help="adaptive solvers' relative tolerance")
     diffusion_form: str = opt("sigma", choices=SDE_DIFFUSIONS, help="SDE diffusion form")
     last_step: str = opt("Mean", choices=LAST_STEPS, help="SDE last step")
-    rope: str | None = opt(None, choices=ROPE_NAMES, help="RoPE extrapolation (not set: the checkpoint's training "
-                           "RoPE, else none)")
+    rope: str | None = opt(
+        None, choices=ROPE_NAMES, help="RoPE extrapolation (not set: the checkpoint's training RoPE, else none)"
+    )
     attn_scale: str | None = opt(None, choices=ATTN_SCALES, help="override the attention scale")
     seed: int = opt(0, ge=0, help="seed of the noise and the random labels")
     batch_size: int = opt(64, ge=1, help="images per model call (does not change the images)")
     device: str = opt("cpu", help="auto, cpu, cuda, cuda:N or mps")
-    attention: str = opt("auto", choices=ATTENTION_NAMES, help="attention kernel (does not change the images "
-                         "beyond rounding)")
+    attention: str = opt(
+        "auto", choices=ATTENTION_NAMES, help="attention kernel (does not change the images beyond rounding)"
+    )
     out: str = opt("runs/samples", help="output folder")
     force: bool = opt(False, help="sample even when the estimated memory exceeds what is free")
     progress: bool = opt(True, help="progress bars")
@@ -282,12 +359,15 @@ class SampleOptions(Options):
     def __post_init__(self) -> None:
         check_fields(self)
         if self.solver is not None and self.solver not in (*SOLVERS, *TORCHDIFFEQ_METHODS):
-            raise ConfigError(f"--solver must be one of {', '.join(SOLVERS)} or a torchdiffeq method "
-                              f"({', '.join(m for m in TORCHDIFFEQ_METHODS if m not in SOLVERS)}); got {self.solver!r}")
+            raise ConfigError(
+                f"--solver must be one of {', '.join(SOLVERS)} or a torchdiffeq method "
+                f"({', '.join(m for m in TORCHDIFFEQ_METHODS if m not in SOLVERS)}); got {self.solver!r}"
+            )
         lo, hi = self.interval
         if not 0 <= lo < hi <= 1:
-            raise ConfigError(f"--guidance-interval must be LO,HI with 0 <= LO < HI <= 1; "
-                              f"got {self.guidance_interval!r}")
+            raise ConfigError(
+                f"--guidance-interval must be LO,HI with 0 <= LO < HI <= 1; got {self.guidance_interval!r}"
+            )
         self.size_list  # noqa: B018  (parses --sizes)
         self.label_list  # noqa: B018
 
@@ -297,8 +377,9 @@ class SampleOptions(Options):
         try:
             lo, hi = (float(p) for p in parts)
         except ValueError:
-            raise ConfigError(f"--guidance-interval must be two numbers LO,HI (e.g. 0,1); got "
-                              f"{self.guidance_interval!r}") from None
+            raise ConfigError(
+                f"--guidance-interval must be two numbers LO,HI (e.g. 0,1); got {self.guidance_interval!r}"
+            ) from None
         return lo, hi
 
     @property
@@ -361,17 +442,22 @@ class DemoOptions(Options):
 
 @dataclass
 class EvaluateOptions(Options):
-    generated: str = opt(positional=True, help="folder of PNG/JPG samples (labels from '_<int>' name suffixes) or "
-                         "an ADM-style .npz (arr_0 uint8 NHWC, arr_1 labels)")
+    generated: str = opt(
+        positional=True,
+        help="folder of PNG/JPG samples (labels from '_<int>' name suffixes) or "
+        "an ADM-style .npz (arr_0 uint8 NHWC, arr_1 labels)",
+    )
     reference: str = opt("", help="reference images: a dataset .jsonl, a folder or an .npz (required)")
     split: str | None = opt(None, help="with a .jsonl reference: only rows of this split (e.g. test)")
     features: Literal["classifier", "inception"] = opt(
-        "classifier", help="feature network: classifier (trained offline with `fitv2 train-classifier`) or inception")
+        "classifier", help="feature network: classifier (trained offline with `fitv2 train-classifier`) or inception"
+    )
     classifier: str = opt("runs/classifier", help="classifier folder")
     inception: str | None = opt(None, help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth)")
     tf_compat: bool = opt(False, help="Inception: TF1 resize as the ADM evaluator")
-    reference_budget: int | None = opt(None, ge=1, metavar="S", help="resize reference images to area <= S² "
-                                       "keeping the aspect ratio")
+    reference_budget: int | None = opt(
+        None, ge=1, metavar="S", help="resize reference images to area <= S² keeping the aspect ratio"
+    )
     batch_size: int = opt(64, ge=1, help="images per forward pass")
     cache_dir: str | None = opt(None, help="reference feature cache (not set: ~/.cache/fitv2/eval)")
     no_cache: bool = opt(False, help="neither read nor write the reference cache")
@@ -392,8 +478,9 @@ class EvaluateOptions(Options):
 
 @dataclass
 class ClassifierOptions(Options):
-    data: str = opt(positional=True, help="dataset .jsonl with train/test splits, or a folder with one sub-folder "
-                    "per class")
+    data: str = opt(
+        positional=True, help="dataset .jsonl with train/test splits, or a folder with one sub-folder per class"
+    )
     out: str = opt("", help="output folder (classifier.safetensors + classifier.json) (required)")
     epochs: int = opt(20, ge=1, help="training epochs")
     batch_size: int = opt(64, ge=1, help="images per step")
@@ -413,5 +500,14 @@ class ClassifierOptions(Options):
         check_output_dir(self.out)
 
 
-__all__ = ["ClassifierOptions", "DemoOptions", "EvaluateOptions", "ModelsOptions", "PrepareOptions",
-           "SampleOptions", "TrainConfig", "check_device", "parse_size"]
+__all__ = [
+    "ClassifierOptions",
+    "DemoOptions",
+    "EvaluateOptions",
+    "ModelsOptions",
+    "PrepareOptions",
+    "SampleOptions",
+    "TrainConfig",
+    "check_device",
+    "parse_size",
+]

@@ -30,8 +30,15 @@ from .model.rope import RopeScaling, attention_scale_factor, image_frequencies, 
 from .sampling import Guidance, SolverConfig, apply_guidance, integrate
 from .tokens import TokenLayout
 
-_QK_NORMS = {None: (None, False), "": (None, False), "none": (None, False), "layernorm": ("layernorm", False),
-             "w_layernorm": ("layernorm", True), "rmsnorm": ("rmsnorm", False), "w_rmsnorm": ("rmsnorm", True)}
+_QK_NORMS = {
+    None: (None, False),
+    "": (None, False),
+    "none": (None, False),
+    "layernorm": ("layernorm", False),
+    "w_layernorm": ("layernorm", True),
+    "rmsnorm": ("rmsnorm", False),
+    "w_rmsnorm": ("rmsnorm", True),
+}
 
 
 class Unsupported(Exception):
@@ -58,13 +65,25 @@ def model_config_from_reference(ref: dict[str, Any]) -> ModelConfig:
         mlp = "swiglu-large" if ref.get("use_swiglu_large") else "swiglu"
     return ModelConfig(
         name="reference",
-        patch_size=ref["patch_size"], in_channels=ref["in_channels"], hidden_size=ref["hidden_size"],
-        depth=ref["depth"], num_heads=ref["num_heads"], mlp_ratio=ref.get("mlp_ratio", 4.0), mlp=mlp,
-        num_classes=ref["num_classes"], class_dropout_prob=ref.get("class_dropout_prob", 0.1),
-        learn_sigma=ref.get("learn_sigma", False), qk_norm=qk_norm, qk_norm_weight=qk_weight, adaln=adaln,
-        adaln_lora_dim=ref.get("adaln_lora_dim"), qkv_bias=ref.get("qkv_bias", True),
-        ffn_bias=ref.get("ffn_bias", True), adaln_bias=ref.get("adaln_bias", True),
-        rope_theta=ref.get("rope_theta", 10000.0), rope_on_v=ref.get("add_rel_pe_to_v", False),
+        patch_size=ref["patch_size"],
+        in_channels=ref["in_channels"],
+        hidden_size=ref["hidden_size"],
+        depth=ref["depth"],
+        num_heads=ref["num_heads"],
+        mlp_ratio=ref.get("mlp_ratio", 4.0),
+        mlp=mlp,
+        num_classes=ref["num_classes"],
+        class_dropout_prob=ref.get("class_dropout_prob", 0.1),
+        learn_sigma=ref.get("learn_sigma", False),
+        qk_norm=qk_norm,
+        qk_norm_weight=qk_weight,
+        adaln=adaln,
+        adaln_lora_dim=ref.get("adaln_lora_dim"),
+        qkv_bias=ref.get("qkv_bias", True),
+        ffn_bias=ref.get("ffn_bias", True),
+        adaln_bias=ref.get("adaln_bias", True),
+        rope_theta=ref.get("rope_theta", 10000.0),
+        rope_on_v=ref.get("add_rel_pe_to_v", False),
         rope_train_len=ref.get("ori_max_pe_len") or 16,
         continuous_time=True,  # the reference clamps t to <= 1 for every model
         time_shifting=ref.get("time_shifting", 1),
@@ -75,8 +94,9 @@ def rope_from_reference(ref: dict[str, Any]) -> RopeScaling:
     scaling = rope_scaling(ref.get("custom_freqs", "normal"), decouple=bool(ref.get("decouple", False)))
     h, w = ref.get("max_pe_len_h"), ref.get("max_pe_len_w")
     target = (int(h), int(w)) if h is not None and w is not None else None
-    return scaling.with_(per_sample=bool(ref.get("online_rope", False)), target=target,
-                         train_len=ref.get("ori_max_pe_len"))
+    return scaling.with_(
+        per_sample=bool(ref.get("online_rope", False)), target=target, train_len=ref.get("ori_max_pe_len")
+    )
 
 
 class Fixture:
@@ -109,8 +129,16 @@ def _tokens_first(x: Tensor, ref: dict[str, Any]) -> Tensor:
     return x if ref.get("use_sit", True) else x.transpose(1, 2)
 
 
-def _reference_cfg(model: FiT, rope: RopeScaling, x: Tensor, t: Tensor, y: Tensor, layout: TokenLayout,
-                   cfg_scale: float, scale_pow: float) -> Tensor:
+def _reference_cfg(
+    model: FiT,
+    rope: RopeScaling,
+    x: Tensor,
+    t: Tensor,
+    y: Tensor,
+    layout: TokenLayout,
+    cfg_scale: float,
+    scale_pow: float,
+) -> Tensor:
     """The reference's doubled-batch guided forward, built from this project's pieces.
 
     Both halves see the first half of x; the guided features go to both halves, the rest of
@@ -119,8 +147,9 @@ def _reference_cfg(model: FiT, rope: RopeScaling, x: Tensor, t: Tensor, y: Tenso
     half = x[: len(x) // 2]
     out = model(torch.cat([half, half]), t, y, layout, rope=rope)
     cond, uncond = out.chunk(2)
-    guidance = Guidance(scale=cfg_scale, channels="reference",
-                        schedule="constant" if scale_pow == 0 else "power-cos", power=scale_pow)
+    guidance = Guidance(
+        scale=cfg_scale, channels="reference", schedule="constant" if scale_pow == 0 else "power-cos", power=scale_pow
+    )
     n = guidance.guided_features(model.config.patch_size)
     guided = apply_guidance(cond, uncond, guidance.scale_at(t[: len(t) // 2]), n)
     return torch.cat([guided, torch.cat([guided[..., :n], uncond[..., n:]], dim=-1)])
@@ -229,8 +258,12 @@ def run_ode(fx: Fixture, case: dict[str, Any]) -> dict[str, Tensor]:
             times.append(float(t))
             return model(x, torch.ones(x.shape[0]) * t, y, layout, rope=rope)
 
-    solver = SolverConfig(solver=args.get("sampling_method", "dopri5"), steps=args["num_steps"] - 1,
-                          atol=args.get("atol", 1e-6), rtol=args.get("rtol", 1e-3))
+    solver = SolverConfig(
+        solver=args.get("sampling_method", "dopri5"),
+        steps=args["num_steps"] - 1,
+        atol=args.get("atol", 1e-6),
+        rtol=args.get("rtol", 1e-3),
+    )
     samples = integrate(velocity, z, solver)
     return {"samples": _tokens_first(samples, ref), "times": torch.tensor(times)}
 

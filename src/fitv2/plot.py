@@ -24,9 +24,15 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else image
 
 
-def image_grid(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, pad: int = 4, min_cell: int = 96,
-               title: str | None = None, scale: int | None = None) -> Image.Image:
+def image_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    pad: int = 4,
+    min_cell: int = 96,
+    title: str | None = None,
+    scale: int | None = None,
+) -> Image.Image:
     """Rows of uint8 (H, W, 3) images; images in a row share a size, rows may differ.
 
     Small images are enlarged by an integer factor so the shorter side is at least
@@ -83,8 +89,13 @@ def _smooth(values: np.ndarray, fraction: float) -> np.ndarray:
     return (cumsum[hi] - cumsum[lo]) / (hi - lo)
 
 
-def loss_curve(steps: Sequence[float], losses: Sequence[float], title: str = "training loss",
-               size: tuple[int, int] = (640, 360), smoothing: float = 0.04) -> Image.Image:
+def loss_curve(
+    steps: Sequence[float],
+    losses: Sequence[float],
+    title: str = "training loss",
+    size: tuple[int, int] = (640, 360),
+    smoothing: float = 0.04,
+) -> Image.Image:
     """A line plot of loss against step: raw values light, a centred moving average over `smoothing` of the
     points dark."""
     steps_a, loss_a = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)

@@ -36,10 +36,29 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "train_state.pt")
 # resume must keep the checkpoint's value; a new option is refused until it is listed here. Batching
 # is one of them: every example's noise and time are keyed by its place in the global batch and the
 # loss is a mean over images, so padded, packed and flat rows train the same model.
-RUN_ONLY_OPTIONS = frozenset({
-    "steps", "max_minutes", "train_tokens", "log_every", "ckpt_every", "keep_checkpoints", "progress", "tensorboard",
-    "device", "attention", "compile", "grad_checkpointing", "batching", "row_length", "pack", "fsdp", "resume",
-    "overwrite", "out"})
+RUN_ONLY_OPTIONS = frozenset(
+    {
+        "steps",
+        "max_minutes",
+        "train_tokens",
+        "log_every",
+        "ckpt_every",
+        "keep_checkpoints",
+        "progress",
+        "tensorboard",
+        "device",
+        "attention",
+        "compile",
+        "grad_checkpointing",
+        "batching",
+        "row_length",
+        "pack",
+        "fsdp",
+        "resume",
+        "overwrite",
+        "out",
+    }
+)
 RUN_ONLY_MODEL_FIELDS = frozenset({"grad_checkpointing"})
 _STEP = re.compile(r"step_(\d+)")
 
@@ -106,16 +125,17 @@ def sha256(path: Path) -> str:
 
 def write_manifest(directory: Path) -> None:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-    save_json({"format": 1, "files": {p.name: {"size": p.stat().st_size, "sha256": sha256(p)} for p in files}},
-              directory / MANIFEST)
+    save_json(
+        {"format": 1, "files": {p.name: {"size": p.stat().st_size, "sha256": sha256(p)} for p in files}},
+        directory / MANIFEST,
+    )
 
 
 def checkpoint_problem(directory: Path, hashes: bool = True) -> str | None:
     """Why the checkpoint folder ``directory`` cannot be resumed from, or None when it is intact."""
     if not directory.is_dir():
         return "the folder does not exist"
-    problem = (_manifest_problem(directory, hashes) if (directory / MANIFEST).exists()
-               else _structure_problem(directory))
+    problem = _manifest_problem(directory, hashes) if (directory / MANIFEST).exists() else _structure_problem(directory)
     if problem:
         return problem
     try:
@@ -246,12 +266,15 @@ def pick_resume(out: str | Path, resume: str | None) -> ResumeChoice:
         if problem is None:
             warning = None
             if skipped:
-                warning = (f"{'; '.join(skipped)}: resuming from {candidate.name}, the newest intact checkpoint "
-                           "(nothing was deleted)")
+                warning = (
+                    f"{'; '.join(skipped)}: resuming from {candidate.name}, the newest intact checkpoint "
+                    "(nothing was deleted)"
+                )
             return ResumeChoice(candidate, warning)
         skipped.append(f"{candidate.name} is not intact ({problem})")
-    raise UserError(f"no intact checkpoint to resume in {checkpoints}: {'; '.join(skipped)}; pass --overwrite "
-                    "to start afresh")
+    raise UserError(
+        f"no intact checkpoint to resume in {checkpoints}: {'; '.join(skipped)}; pass --overwrite to start afresh"
+    )
 
 
 def _show(value: Any) -> str:
@@ -294,27 +317,38 @@ def plan_run(cfg: TrainConfig) -> RunPlan:
     out = Path(cfg.out)
     existing = run_markers(out)
     if cfg.overwrite:
-        if cfg.init_from and existing and any(_inside(Path(cfg.init_from), out / name) or
-                                              Path(cfg.init_from).resolve() == (out / name).resolve()
-                                              for name in RUN_ENTRIES):
-            raise ConfigError(f"--init-from {cfg.init_from} lies in the run that --overwrite would delete; copy it "
-                              "elsewhere first")
+        if (
+            cfg.init_from
+            and existing
+            and any(
+                _inside(Path(cfg.init_from), out / name) or Path(cfg.init_from).resolve() == (out / name).resolve()
+                for name in RUN_ENTRIES
+            )
+        ):
+            raise ConfigError(
+                f"--init-from {cfg.init_from} lies in the run that --overwrite would delete; copy it elsewhere first"
+            )
         return RunPlan(clear=bool(existing))
     choice = pick_resume(out, cfg.resume)
     if choice.path is None:
         if existing and cfg.resume is None:
-            raise UserError(f"{out} already holds a run ({' and '.join(existing)}): pass --resume latest to continue "
-                            "it, --overwrite to delete it and start afresh, or choose another --out")
+            raise UserError(
+                f"{out} already holds a run ({' and '.join(existing)}): pass --resume latest to continue "
+                "it, --overwrite to delete it and start afresh, or choose another --out"
+            )
         return RunPlan(warning=choice.warning)
     saved = read_config_json(choice.path)
     changes = changed_options(saved.get("train", {}), cfg)
     if changes:
-        raise ConfigError(f"{choice.path} was trained with other options, and changing them changes what is "
-                          f"trained: {', '.join(changes)}; resume with the saved values, or start a new run "
-                          "(another --out, or --overwrite)")
+        raise ConfigError(
+            f"{choice.path} was trained with other options, and changing them changes what is "
+            f"trained: {', '.join(changes)}; resume with the saved values, or start a new run "
+            "(another --out, or --overwrite)"
+        )
     step = saved.get("step")
-    return RunPlan(choice.path, int(step) if isinstance(step, int) else step_of(choice.path) or 0, saved,
-                   warning=choice.warning)
+    return RunPlan(
+        choice.path, int(step) if isinstance(step, int) else step_of(choice.path) or 0, saved, warning=choice.warning
+    )
 
 
 def saved_train_config(out: str | Path, resume: str | None) -> dict[str, Any] | None:
@@ -352,8 +386,10 @@ def write_checkpoint(final: Path, write: Callable[[Path], None], keep: int) -> N
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
-            raise UserError(f"could not write checkpoint {final}: {_reason(err)}; removed the partial folder "
-                            f"{tmp.name}, the earlier checkpoints are untouched") from err
+            raise UserError(
+                f"could not write checkpoint {final}: {_reason(err)}; removed the partial folder "
+                f"{tmp.name}, the earlier checkpoints are untouched"
+            ) from err
         raise
     try:
         if final.exists():  # left from before a resume of an older checkpoint

@@ -91,8 +91,15 @@ def apply_guidance(cond: Tensor, uncond: Tensor, scale: Tensor | float, guided_f
 class VelocityField:
     """v(t, x) of a model for fixed labels, positions and guidance; counts evaluations."""
 
-    def __init__(self, model, y: Tensor, layout: TokenLayout, guidance: Guidance = Guidance(),
-                 rope: RopeScaling | None = None, null_label: int | None = None):
+    def __init__(
+        self,
+        model,
+        y: Tensor,
+        layout: TokenLayout,
+        guidance: Guidance = Guidance(),
+        rope: RopeScaling | None = None,
+        null_label: int | None = None,
+    ):
         self.model = model
         self.y = y
         self.layout = layout
@@ -111,8 +118,9 @@ class VelocityField:
         if not self.guidance.active(float(t_flow[0])):
             return self.model(x, t_model, self.y, self.layout, rope=self.rope)
         y_null = torch.full_like(self.y, self.null_label)
-        out = self.model(torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([self.y, y_null]), self.doubled,
-                         rope=self.rope)
+        out = self.model(
+            torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([self.y, y_null]), self.doubled, rope=self.rope
+        )
         cond, uncond = out.chunk(2)
         guided = self.guidance.guided_features(self.model.config.patch_size) or self.out_channels
         return apply_guidance(cond, uncond, self.guidance.scale_at(t_flow), guided)
@@ -158,13 +166,17 @@ class SolverConfig:
             if self.last_step not in LAST_STEPS:
                 raise ConfigError(f"last step must be one of {LAST_STEPS}, got {self.last_step!r}")
             if self.steps < 2:
-                raise ConfigError("the SDE sampler needs steps >= 2 (steps − 1 Euler–Maruyama steps, then the "
-                                  f"last step); got {self.steps}")
+                raise ConfigError(
+                    "the SDE sampler needs steps >= 2 (steps − 1 Euler–Maruyama steps, then the "
+                    f"last step); got {self.steps}"
+                )
             if not 0.0 <= self.last_step_size < 1.0:
                 raise ConfigError(f"SDE last step size must be in [0, 1), got {self.last_step_size}")
             if self.diffusion_form == "SBDM" and not 0.0 < self.sample_eps < 1.0 - self.last_step_size:
-                raise ConfigError("the SBDM diffusion form needs 0 < sample_eps < 1 − last step size (its w(t) "
-                                  f"is infinite at t = 0); got {self.sample_eps}")
+                raise ConfigError(
+                    "the SBDM diffusion form needs 0 < sample_eps < 1 − last step size (its w(t) "
+                    f"is infinite at t = 0); got {self.sample_eps}"
+                )
 
     @property
     def progress_steps(self) -> int | None:
@@ -195,8 +207,9 @@ def heun(f, x: Tensor, ts: Tensor, on_step: StepCallback = None) -> Tensor:
     return x
 
 
-def odeint_torchdiffeq(f, x: Tensor, ts: Tensor, method: str, atol: float, rtol: float,
-                       on_step: StepCallback = None) -> Tensor:
+def odeint_torchdiffeq(
+    f, x: Tensor, ts: Tensor, method: str, atol: float, rtol: float, on_step: StepCallback = None
+) -> Tensor:
     try:
         from torchdiffeq import odeint
     except ImportError as err:  # pragma: no cover - torchdiffeq is a dependency
@@ -241,8 +254,9 @@ def sde_grid(cfg: SolverConfig) -> Tensor:
     return torch.linspace(t0, 1.0 - last, cfg.steps)
 
 
-def euler_maruyama(f, x: Tensor, cfg: SolverConfig, generator: Generators = None,
-                   on_step: StepCallback = None) -> Tensor:
+def euler_maruyama(
+    f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None
+) -> Tensor:
     last = 0.0 if cfg.last_step == "None" else cfg.last_step_size
     ts = sde_grid(cfg)
     dt = ts[1] - ts[0]
@@ -285,18 +299,29 @@ def integrate(f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_
     return odeint_torchdiffeq(f, x, ts.to(x.device), cfg.solver, cfg.atol, cfg.rtol, on_step)
 
 
-def noise_tokens(batch_size: int, h: int, w: int, token_dim: int, generator: Generators = None,
-                 noise: Tensor | None = None) -> TokenBatch:
+def noise_tokens(
+    batch_size: int, h: int, w: int, token_dim: int, generator: Generators = None, noise: Tensor | None = None
+) -> TokenBatch:
     """Sampling inputs on the CPU: B images of h × w tokens (no padding), Gaussian unless ``noise`` is given."""
     x = noise if noise is not None else gaussian((batch_size, h * w, token_dim), generator)
     return TokenBatch(x, image_layout(batch_size, h, w))
 
 
 @torch.no_grad()
-def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig = SolverConfig(),
-                  guidance: Guidance = Guidance(), rope: RopeScaling | None = None,
-                  generator: Generators = None, noise: Tensor | None = None, progress: bool = False,
-                  on_step: StepCallback = None) -> Tensor:
+def sample_tokens(
+    model,
+    h: int,
+    w: int,
+    labels: Tensor,
+    *,
+    solver: SolverConfig = SolverConfig(),
+    guidance: Guidance = Guidance(),
+    rope: RopeScaling | None = None,
+    generator: Generators = None,
+    noise: Tensor | None = None,
+    progress: bool = False,
+    on_step: StepCallback = None,
+) -> Tensor:
     """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label.
 
     generator: one for the whole batch, or a sequence of one per sample (sample i's initial noise and
@@ -305,11 +330,14 @@ def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig
     :attr:`SolverConfig.progress_steps`)."""
     discrete = not model.config.continuous_time
     if discrete and solver.solver != "ddpm":
-        raise ConfigError("this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
-                          "(250 steps for the published numbers)")
+        raise ConfigError(
+            "this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
+            "(250 steps for the published numbers)"
+        )
     if not discrete and solver.solver == "ddpm":
-        raise ConfigError("solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, "
-                          "dopri5 or sde")
+        raise ConfigError(
+            "solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, dopri5 or sde"
+        )
     if not isinstance(generator, torch.Generator | None) and len(generator) != labels.shape[0]:
         raise ValueError(f"{len(generator)} generators for {labels.shape[0]} samples")
     device = next(model.parameters()).device
@@ -324,8 +352,9 @@ def sample_tokens(model, h: int, w: int, labels: Tensor, *, solver: SolverConfig
         on_step = bar.update
     try:
         if discrete:
-            return ddpm_sample(field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator,
-                               on_step=on_step)
+            return ddpm_sample(
+                field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator, on_step=on_step
+            )
         return integrate(field_, tokens.x.float(), solver, generator, on_step)
     finally:
         if bar is not None:

@@ -24,16 +24,28 @@ from typing import Any, Literal, Union
 from .errors import ConfigError
 
 
-def opt(default: Any = MISSING, *, help: str = "", ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, factory: Any = None, flag: bool = True,
-        positional: bool = False, metavar: str | None = None, choices: tuple | None = None) -> Any:
+def opt(
+    default: Any = MISSING,
+    *,
+    help: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    factory: Any = None,
+    flag: bool = True,
+    positional: bool = False,
+    metavar: str | None = None,
+    choices: tuple | None = None,
+) -> Any:
     """A dataclass field with its help line, bounds (ge/gt/le/lt) and CLI settings.
 
     ``choices`` lists valid values of a ``str`` field whose choices are not a ``Literal``
     (e.g. names defined elsewhere); ``flag=False`` keeps the field off the command line.
     """
-    metadata = dict(help=help, ge=ge, gt=gt, le=le, lt=lt, flag=flag, positional=positional, metavar=metavar,
-                    choices=choices)
+    metadata = dict(
+        help=help, ge=ge, gt=gt, le=le, lt=lt, flag=flag, positional=positional, metavar=metavar, choices=choices
+    )
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -109,8 +121,12 @@ def _check_bounds(where: str, value: Any, md: dict) -> None:
             for v in value:
                 _check_bounds(where, v, md)
         return
-    for key, ok, word in (("ge", lambda v, b: v >= b, "at least"), ("gt", lambda v, b: v > b, "greater than"),
-                          ("le", lambda v, b: v <= b, "at most"), ("lt", lambda v, b: v < b, "less than")):
+    for key, ok, word in (
+        ("ge", lambda v, b: v >= b, "at least"),
+        ("gt", lambda v, b: v > b, "greater than"),
+        ("le", lambda v, b: v <= b, "at most"),
+        ("lt", lambda v, b: v < b, "less than"),
+    ):
         bound = md.get(key)
         if bound is not None and not ok(value, bound):
             raise ConfigError(f"{where} must be {word} {bound:g}; got {value:g}")
@@ -140,8 +156,11 @@ def build(cls: type, values: dict[str, Any], source: str = "options") -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown option(s) in {source}: {', '.join(unknown)}")
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.default is MISSING and f.default_factory is MISSING and f.name not in values]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in values
+    ]
     if missing:
         raise ConfigError(f"{source} lacks required option(s): {', '.join(missing)}")
     return cls(**values)
@@ -204,8 +223,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
                 text += f"; one of: {', '.join(md['choices'])}"
         if md.get("metavar"):
             kwargs["metavar"] = md["metavar"]
-        parser.add_argument(flag_name(f.name), dest=f.name, default=argparse.SUPPRESS,
-                            help=text.replace("%", "%%"), **kwargs)
+        parser.add_argument(
+            flag_name(f.name), dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"), **kwargs
+        )
 
 
 def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:

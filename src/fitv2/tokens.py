@@ -122,8 +122,9 @@ class TokenLayout:
     def repeat(self, times: int) -> TokenLayout:
         """The layout of ``times`` copies of the batch one after another (guidance doubles the batch)."""
         seg = torch.cat([self.segment] * times) if self.segment is not None else None
-        return TokenLayout(torch.cat([self.grid] * times), torch.cat([self.mask] * times),
-                           torch.cat([self.size] * times), seg)
+        return TokenLayout(
+            torch.cat([self.grid] * times), torch.cat([self.mask] * times), torch.cat([self.size] * times), seg
+        )
 
 
 @dataclass
@@ -168,8 +169,9 @@ def pad_sequences(items: list[tuple[Tensor, int, int]], length: int | None = Non
     return TokenBatch(x, TokenLayout(grid, mask, size))
 
 
-def pack_sequences(items: list[tuple[Tensor, int, int]], rows: list[list[int]],
-                   length: int | None = None) -> TokenBatch:
+def pack_sequences(
+    items: list[tuple[Tensor, int, int]], rows: list[list[int]], length: int | None = None
+) -> TokenBatch:
     """Pack items into rows: ``rows[r]`` lists the item indices placed one after another in row r.
 
     Every image keeps its own grid positions; ``segment`` marks which image each token

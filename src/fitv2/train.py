@@ -52,9 +52,11 @@ class TrainResult:
 
 
 def _ddpm_refusal(source: str) -> str:
-    return (f"{source} is a DDPM model (FiT v1: learned variance, integer timesteps), and training here is "
-            "rectified flow; train its block with flow by overriding --model learn_sigma=false continuous_time=true "
-            "(Table II Config A)")
+    return (
+        f"{source} is a DDPM model (FiT v1: learned variance, integer timesteps), and training here is "
+        "rectified flow; train its block with flow by overriding --model learn_sigma=false continuous_time=true "
+        "(Table II Config A)"
+    )
 
 
 def check_model_config(model_cfg: ModelConfig, dataset: TokenDataset, source: str) -> None:
@@ -64,14 +66,20 @@ def check_model_config(model_cfg: ModelConfig, dataset: TokenDataset, source: st
     if model_cfg.num_classes != dataset.num_classes:
         raise ConfigError(f"{source} has {model_cfg.num_classes} classes, the dataset {dataset.num_classes}")
     if model_cfg.token_dim != dataset.token_dim:
-        raise ConfigError(f"{source}: model tokens hold {model_cfg.token_dim} values but the dataset's hold "
-                          f"{dataset.token_dim} (patch size {model_cfg.patch_size}, {model_cfg.in_channels} "
-                          f"channels vs the dataset's {dataset.patch_size} and {dataset.meta['channels']})")
+        raise ConfigError(
+            f"{source}: model tokens hold {model_cfg.token_dim} values but the dataset's hold "
+            f"{dataset.token_dim} (patch size {model_cfg.patch_size}, {model_cfg.in_channels} "
+            f"channels vs the dataset's {dataset.patch_size} and {dataset.meta['channels']})"
+        )
 
 
 def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig:
-    overrides = {"num_classes": dataset.num_classes, "patch_size": dataset.patch_size,
-                 "in_channels": dataset.meta["channels"], **cfg.model}
+    overrides = {
+        "num_classes": dataset.num_classes,
+        "patch_size": dataset.patch_size,
+        "in_channels": dataset.meta["channels"],
+        **cfg.model,
+    }
     pretrained = source_config(cfg.init_from) if cfg.init_from else None
     if pretrained is not None:  # the architecture is the checkpoint's; it keeps its L_train
         source = f"--init-from {cfg.init_from}"
@@ -90,8 +98,16 @@ def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig
     return model_cfg
 
 
-DATASET_KEYS = ("autoencoder", "patch_size", "channels", "downsample", "budget", "max_tokens", "num_classes",
-                "class_names")
+DATASET_KEYS = (
+    "autoencoder",
+    "patch_size",
+    "channels",
+    "downsample",
+    "budget",
+    "max_tokens",
+    "num_classes",
+    "class_names",
+)
 # What a resumed run's dataset must share with the checkpoint's (the autoencoder is a path, free to move).
 _DATASET_CHECKED = tuple(k for k in DATASET_KEYS if k != "autoencoder")
 
@@ -107,8 +123,7 @@ def resumed_model_config(cfg: TrainConfig, plan: RunPlan, dataset: TokenDataset)
     new = json.loads(json.dumps({k: dataset.meta.get(k) for k in _DATASET_CHECKED}))
     changed = [f"{k} {old[k]} -> {new[k]}" for k in _DATASET_CHECKED if k in old and old[k] != new[k]]
     if changed:
-        raise ConfigError(f"the dataset {cfg.data} is not the one {plan.resume} was trained on: "
-                          f"{', '.join(changed)}")
+        raise ConfigError(f"the dataset {cfg.data} is not the one {plan.resume} was trained on: {', '.join(changed)}")
     check_model_config(saved, dataset, str(plan.resume))
     return saved
 
@@ -120,8 +135,16 @@ class StepNoise:
     label_drop: torch.Tensor  # bool, like the labels
 
 
-def step_noise(seed: int, step: int, ids: torch.Tensor, size: torch.Tensor, token_dim: int, length: int,
-               time_sampler: TimeSampler, drop_prob: float) -> StepNoise:
+def step_noise(
+    seed: int,
+    step: int,
+    ids: torch.Tensor,
+    size: torch.Tensor,
+    token_dim: int,
+    length: int,
+    time_sampler: TimeSampler,
+    drop_prob: float,
+) -> StepNoise:
     """Noise, time and label dropout of every example, drawn from (seed, step, position in the
     global batch) alone: the same numbers whatever the number of ranks, padding or packing,
     and nothing to save for an exact resume."""
@@ -159,8 +182,19 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach().float(), 1 - decay)
 
 
-def _save(env: dist.Env, out: Path, step: int, model: FiT, ema: FiT, optimizer, scheduler, loader: TokenLoader,
-          cfg: TrainConfig, dataset: TokenDataset, totals: dict[str, float]) -> Path:
+def _save(
+    env: dist.Env,
+    out: Path,
+    step: int,
+    model: FiT,
+    ema: FiT,
+    optimizer,
+    scheduler,
+    loader: TokenLoader,
+    cfg: TrainConfig,
+    dataset: TokenDataset,
+    totals: dict[str, float],
+) -> Path:
     """Gather full state on every rank (a collective under FSDP); rank 0 writes it once."""
     weights, ema_weights = dist.model_state(model), dist.model_state(ema)
     optim_state = dist.optimizer_state(model, optimizer)
@@ -169,8 +203,16 @@ def _save(env: dist.Env, out: Path, step: int, model: FiT, ema: FiT, optimizer, 
     def write(folder: Path) -> None:
         extra = {"train": cfg.to_dict(), "dataset": {k: dataset.meta[k] for k in DATASET_KEYS}, "step": step}
         save_model_dir(folder, model.config, weights, ema_weights, extra)
-        save_torch({"optimizer": optim_state, "scheduler": scheduler.state_dict(), "step": step,
-                    "loader": loader.state_dict(), "totals": totals}, folder / "train_state.pt")
+        save_torch(
+            {
+                "optimizer": optim_state,
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "loader": loader.state_dict(),
+                "totals": totals,
+            },
+            folder / "train_state.pt",
+        )
 
     _on_main(env, lambda: write_checkpoint(final, write, cfg.keep_checkpoints))
     return final
@@ -184,8 +226,9 @@ def _on_main(env: dist.Env, fn: Callable[[], Any]) -> Any:
             result = fn()
         except Exception as err:
             error = err
-    shared = dist.broadcast_object(env, ("ok", result) if error is None else
-                                   ("error", str(error), isinstance(error, UserError)))
+    shared = dist.broadcast_object(
+        env, ("ok", result) if error is None else ("error", str(error), isinstance(error, UserError))
+    )
     if error is not None:
         raise error
     if shared[0] == "error":
@@ -222,19 +265,29 @@ def train(cfg: TrainConfig) -> TrainResult:
     if env.is_main and plan.resume is not None:
         print(f"resuming from step {plan.step}: {plan.resume}", flush=True)
     dataset = TokenDataset(cfg.data)
-    model_cfg = (resolve_model_config(cfg, dataset) if plan.resume is None
-                 else resumed_model_config(cfg, plan, dataset))
+    model_cfg = resolve_model_config(cfg, dataset) if plan.resume is None else resumed_model_config(cfg, plan, dataset)
     torch.manual_seed(cfg.seed)
     model = FiT(model_cfg, cfg.runtime())
     if cfg.init_from and plan.resume is None:
         load_pretrained(model, cfg.init_from, reinit_unfrozen=cfg.reinit_unfrozen, mode=cfg.finetune)
     trainable = apply_finetune(model, cfg.finetune)
     if env.is_main and cfg.finetune != "full":
-        print(f"finetune={cfg.finetune}: {trainable:,} of {model.num_parameters():,} parameters trainable "
-              f"({trainable / model.num_parameters():.2%})")
+        print(
+            f"finetune={cfg.finetune}: {trainable:,} of {model.num_parameters():,} parameters trainable "
+            f"({trainable / model.num_parameters():.2%})"
+        )
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    loader = TokenLoader(dataset, cfg.batch_size, cfg.data_mode, cfg.seed, env.rank, env.world_size,
-                         cfg.bucket, cfg.batching, cfg.row_length)
+    loader = TokenLoader(
+        dataset,
+        cfg.batch_size,
+        cfg.data_mode,
+        cfg.seed,
+        env.rank,
+        env.world_size,
+        cfg.bucket,
+        cfg.batching,
+        cfg.row_length,
+    )
     time_sampler = TimeSampler(cfg.time_sampling, cfg.time_mean, cfg.time_std)
     rope = rope_scaling(cfg.rope).with_(per_sample=True)
     totals = {"images": 0.0, "tokens": 0.0, "padded_tokens": 0.0, "seconds": 0.0}
@@ -271,8 +324,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.resume is not None:
             _truncate_log(out / "log.jsonl", step)
         save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, out / "config.json")
-    writer = _tensorboard(out, purge_step=step if cfg.resume is not None else None) \
-        if cfg.tensorboard and env.is_main else None
+    writer = (
+        _tensorboard(out, purge_step=step if cfg.resume is not None else None)
+        if cfg.tensorboard and env.is_main
+        else None
+    )
     log = open(out / "log.jsonl", "a") if env.is_main else None
     bar = _progress_bar(cfg, step, totals, disable=not (cfg.progress and env.is_main))
     start = time.perf_counter() - totals["seconds"]
@@ -284,11 +340,27 @@ def train(cfg: TrainConfig) -> TrainResult:
             batch = next(loader)
             tokens = batch.tokens.to(device)
             labels = batch.labels.to(device)
-            noise = step_noise(cfg.seed, step, batch.ids, batch.tokens.layout.size, tokens.x.shape[-1],
-                               tokens.length, time_sampler, model_cfg.class_dropout_prob)
+            noise = step_noise(
+                cfg.seed,
+                step,
+                batch.ids,
+                batch.tokens.layout.size,
+                tokens.x.shape[-1],
+                tokens.length,
+                time_sampler,
+                model_cfg.class_dropout_prob,
+            )
             with autocast:
-                result = flow_loss(forward, tokens.x, labels, tokens.layout, t=noise.t.to(device),
-                                   x0=noise.x0.to(device), rope=rope, label_drop=noise.label_drop.to(device))
+                result = flow_loss(
+                    forward,
+                    tokens.x,
+                    labels,
+                    tokens.layout,
+                    t=noise.t.to(device),
+                    x0=noise.x0.to(device),
+                    rope=rope,
+                    label_drop=noise.label_drop.to(device),
+                )
             loss = result.loss * dist.loss_scale(env, batch.images, cfg.batch_size)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -315,10 +387,17 @@ def train(cfg: TrainConfig) -> TrainResult:
             if env.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
                 now = time.perf_counter()
                 tps = window["tokens"] / max(now - window["time"], 1e-9)
-                row = {"step": step, "loss": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "tokens_per_s": tps, "images": totals["images"],
-                       "tokens": totals["tokens"], "padding": totals["padded_tokens"] / max(totals["tokens"] + totals[
-                           "padded_tokens"], 1), "seconds": totals["seconds"]}
+                row = {
+                    "step": step,
+                    "loss": window["loss"] / window["n"],
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": tps,
+                    "images": totals["images"],
+                    "tokens": totals["tokens"],
+                    "padding": totals["padded_tokens"] / max(totals["tokens"] + totals["padded_tokens"], 1),
+                    "seconds": totals["seconds"],
+                }
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if writer is not None:
@@ -360,11 +439,23 @@ def _bar_unit(cfg: TrainConfig) -> str:
 def _progress_bar(cfg: TrainConfig, step: int, totals: dict, disable: bool) -> tqdm:
     unit = _bar_unit(cfg)
     if unit == "tok":
-        return tqdm(total=int(cfg.train_tokens), initial=int(totals["tokens"]), desc="train", unit="tok",
-                    unit_scale=True, disable=disable)
+        return tqdm(
+            total=int(cfg.train_tokens),
+            initial=int(totals["tokens"]),
+            desc="train",
+            unit="tok",
+            unit_scale=True,
+            disable=disable,
+        )
     if unit == "s":
-        return tqdm(total=round(cfg.max_minutes * 60), initial=round(totals["seconds"]), desc="train", unit="s",
-                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}", disable=disable)
+        return tqdm(
+            total=round(cfg.max_minutes * 60),
+            initial=round(totals["seconds"]),
+            desc="train",
+            unit="s",
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}",
+            disable=disable,
+        )
     return tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=disable)
 
 

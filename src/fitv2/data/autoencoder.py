@@ -58,8 +58,10 @@ def check_vae_folder(path: Path) -> dict:
     if not path.exists():
         raise MissingFileError(f"VAE folder not found: {path} (a diffusers AutoencoderKL folder)")
     if not path.is_dir():
-        raise MissingFileError(f"VAE folder {path} is a file; pass the diffusers AutoencoderKL folder that holds "
-                               "config.json and the weights")
+        raise MissingFileError(
+            f"VAE folder {path} is a file; pass the diffusers AutoencoderKL folder that holds "
+            "config.json and the weights"
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         hint = f"; did you mean {path / 'vae'}?" if (path / "vae" / "config.json").is_file() else ""
@@ -104,8 +106,16 @@ class DiffusersVAE:
 
     name = "sd-vae"
 
-    def __init__(self, path: str | Path, *, scaling_factor: float | None = None, shift_factor: float | None = None,
-                 downsample: int | None = None, sample: bool = True, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        downsample: int | None = None,
+        sample: bool = True,
+        device: str | torch.device = "cpu",
+    ):
         path = Path(path)
         check_vae_folder(path)
         try:
@@ -123,8 +133,9 @@ class DiffusersVAE:
         self.vae = vae.to(device).eval()
         cfg = self.vae.config
         self.channels = int(cfg.latent_channels)
-        self.scaling_factor = _positive(cfg.scaling_factor if scaling_factor is None else scaling_factor,
-                                        "scaling factor")
+        self.scaling_factor = _positive(
+            cfg.scaling_factor if scaling_factor is None else scaling_factor, "scaling factor"
+        )
         shift = getattr(cfg, "shift_factor", None) if shift_factor is None else shift_factor
         self.shift_factor = 0.0 if shift is None else _finite(shift, "shift factor")
         self.config_downsample = 2 ** (len(cfg.block_out_channels) - 1)
@@ -143,8 +154,10 @@ class DiffusersVAE:
             where, fix = "the --downsample override", f"drop it, the VAE's config says ×{self.config_downsample}"
         else:
             where, fix = "its config", "pass --downsample with its real factor"
-        return UserError(f"the VAE in {self.path} maps {H}x{W} pixels to {h}x{w} latents, a {real} down-sampling, "
-                         f"but ×{self.downsample} was expected (from {where}); {fix}")
+        return UserError(
+            f"the VAE in {self.path} maps {H}x{W} pixels to {h}x{w} latents, a {real} down-sampling, "
+            f"but ×{self.downsample} was expected (from {where}); {fix}"
+        )
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
@@ -164,8 +177,13 @@ class DiffusersVAE:
         return images.clamp(-1, 1)
 
     def spec(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "scaling_factor": self.scaling_factor,
-                "shift_factor": self.shift_factor, "downsample": self.downsample}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "scaling_factor": self.scaling_factor,
+            "shift_factor": self.shift_factor,
+            "downsample": self.downsample,
+        }
 
 
 def _recorded_latent_space(spec: dict) -> dict:
@@ -174,8 +192,11 @@ def _recorded_latent_space(spec: dict) -> dict:
     Specs written before the factors were read from the VAE hold only ``scaling``; the latents
     they describe were never shifted."""
     if "scaling" in spec and "scaling_factor" not in spec:
-        return {"scaling_factor": spec["scaling"], "shift_factor": spec.get("shift_factor", 0.0),
-                "downsample": spec.get("downsample")}
+        return {
+            "scaling_factor": spec["scaling"],
+            "shift_factor": spec.get("shift_factor", 0.0),
+            "downsample": spec.get("downsample"),
+        }
     return {k: spec.get(k) for k in ("scaling_factor", "shift_factor", "downsample")}
 
 
@@ -186,14 +207,22 @@ def _from_recorded(path: str | Path, recorded: dict, device, overrides: dict) ->
     # Caught here rather than after a whole sampling run: the folder holds another VAE than the one
     # the latents came from (an AutoencoderKL's config gives its factor exactly).
     if overrides["downsample"] is None and ae.downsample != ae.config_downsample:
-        raise UserError(f"the VAE in {path} down-samples ×{ae.config_downsample} but the latents were made "
-                        f"×{ae.downsample} (by {recorded.get('path')}); pass the VAE they were made with")
+        raise UserError(
+            f"the VAE in {path} down-samples ×{ae.config_downsample} but the latents were made "
+            f"×{ae.downsample} (by {recorded.get('path')}); pass the VAE they were made with"
+        )
     return ae
 
 
-def load_autoencoder(spec: dict | str | None, device: str | torch.device = "cpu", *,
-                     scaling_factor: float | None = None, shift_factor: float | None = None,
-                     downsample: int | None = None, recorded: dict | None = None) -> Autoencoder:
+def load_autoencoder(
+    spec: dict | str | None,
+    device: str | torch.device = "cpu",
+    *,
+    scaling_factor: float | None = None,
+    shift_factor: float | None = None,
+    downsample: int | None = None,
+    recorded: dict | None = None,
+) -> Autoencoder:
     """An autoencoder from its spec ({'name': 'pixel'} or {'name': 'sd-vae', 'path': ...}), a VAE
     folder or 'pixel'. The keyword factors override the spec's and the VAE config's.
 

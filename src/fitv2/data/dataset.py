@@ -105,9 +105,18 @@ class Batch:
 class TokenLoader:
     """Infinite iterator of batches; ``state_dict`` / ``load_state_dict`` for exact resume."""
 
-    def __init__(self, dataset: TokenDataset, batch_size: int, mode: str = "mixed", seed: int = 0,
-                 rank: int = 0, world_size: int = 1, bucket: int = 0, batching: str = "pad",
-                 row_length: int | None = None):
+    def __init__(
+        self,
+        dataset: TokenDataset,
+        batch_size: int,
+        mode: str = "mixed",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        bucket: int = 0,
+        batching: str = "pad",
+        row_length: int | None = None,
+    ):
         if mode not in MODES:
             raise ConfigError(f"unknown data mode {mode!r}; choose one of {MODES}")
         if batch_size % world_size:
@@ -120,8 +129,9 @@ class TokenLoader:
         if batching == "pack":
             row_length = longest if row_length is None else row_length
             if row_length < longest:
-                raise ConfigError(f"--row-length {row_length}: rows must hold the longest sequence of the dataset "
-                                  f"({longest} tokens)")
+                raise ConfigError(
+                    f"--row-length {row_length}: rows must hold the longest sequence of the dataset ({longest} tokens)"
+                )
         self.dataset = dataset
         self.batch_size = batch_size
         self.mode = mode
@@ -153,8 +163,11 @@ class TokenLoader:
         perm = perm[:n]
         if self.bucket > 1:  # sort chunks by length so batches pad less, then shuffle batch order
             chunk = self.bucket * self.batch_size
-            perm = [i for s in range(0, n, chunk)
-                    for i in sorted(perm[s : s + chunk], key=lambda j: self.dataset.length(j, self.mode))]
+            perm = [
+                i
+                for s in range(0, n, chunk)
+                for i in sorted(perm[s : s + chunk], key=lambda j: self.dataset.length(j, self.mode))
+            ]
         batches = [perm[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
         if self.bucket > 1:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]

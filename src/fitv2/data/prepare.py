@@ -105,8 +105,9 @@ def list_folder(root: Path, *, broken_links: bool = False) -> tuple[list[Source]
             if f.is_file() or (broken_links and f.is_symlink() and not f.exists()):
                 sources.append(Source(f, label, caption_from_name(f)))
     if not sources:
-        raise UserError(f"the class folders of {root} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
-                        " hold no files")
+        raise UserError(
+            f"the class folders of {root} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}) hold no files"
+        )
     return sources, classes
 
 
@@ -135,8 +136,9 @@ def _read_rows(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{where} is not JSON ({err.msg}); each line must be an object like "
-                            '{"path": "a.png", "label": 0}') from None
+            raise UserError(
+                f'{where} is not JSON ({err.msg}); each line must be an object like {{"path": "a.png", "label": 0}}'
+            ) from None
         if not isinstance(row, dict):
             raise UserError(f"{where} is not a JSON object with 'path' and 'label'")
         for key in ("path", "label"):
@@ -160,8 +162,9 @@ def list_jsonl(path: Path, split: str | None = None) -> tuple[list[Source], list
     if not rows:
         raise UserError(f"{path} lists no images" + (f" in split {split!r}" if split else ""))
     base = path.parent
-    sources = [Source(base / r["path"], r["label"], r.get("caption") or caption_from_name(Path(r["path"])))
-               for r in rows]
+    sources = [
+        Source(base / r["path"], r["label"], r.get("caption") or caption_from_name(Path(r["path"]))) for r in rows
+    ]
     top = max(r["label"] for r in rows)
     classes_file = base / "classes.json"
     if classes_file.is_file():
@@ -182,8 +185,17 @@ def list_jsonl(path: Path, split: str | None = None) -> tuple[list[Source], list
 # ----------------------------------------------------------------------------- images
 
 # What PIL raises on a malformed file, whatever the format's parser trips on.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
-                  ZeroDivisionError)
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    ZeroDivisionError,
+)
 
 
 def _too_large(detail: str) -> SkipImage:
@@ -335,11 +347,15 @@ def encode_pair(image: np.ndarray, autoencoder: Autoencoder, patch_size: int) ->
     latents = autoencoder.encode(pair)
     (H, W), (lh, lw), f = image.shape[:2], latents.shape[-2:], autoencoder.downsample
     if (lh * f, lw * f) != (H, W):
-        raise UserError(f"the {autoencoder.name} autoencoder encoded {H}x{W} pixels to {lh}x{lw} latents "
-                        f"(×{H / max(lh, 1):g} down-sampling), not the {H // f}x{W // f} of its declared ×{f}")
+        raise UserError(
+            f"the {autoencoder.name} autoencoder encoded {H}x{W} pixels to {lh}x{lw} latents "
+            f"(×{H / max(lh, 1):g} down-sampling), not the {H // f}x{W // f} of its declared ×{f}"
+        )
     if latents.shape[1] != autoencoder.channels:
-        raise ValueError(f"the {autoencoder.name} autoencoder returned {latents.shape[1]} channels, "
-                         f"not its declared {autoencoder.channels}")
+        raise ValueError(
+            f"the {autoencoder.name} autoencoder returned {latents.shape[1]} channels, "
+            f"not its declared {autoencoder.channels}"
+        )
     tokens = patchify(latents.float().cpu(), patch_size).permute(1, 0, 2).to(torch.float16)  # (N, 2, D)
     return tokens, lh // patch_size, lw // patch_size
 
@@ -354,9 +370,20 @@ def _skip_summary(report: PrepareReport) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in report.skipped.most_common())
 
 
-def prepare(source: str | Path, out: str | Path, *, autoencoder: Autoencoder | None = None, patch_size: int = 4,
-            budget: int = 32, split: str | None = None, min_tokens: int | None = None, min_std: float = 1.0,
-            workers: int | None = None, shard_tokens: int = 1 << 20, progress: bool = True) -> PrepareReport:
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    *,
+    autoencoder: Autoencoder | None = None,
+    patch_size: int = 4,
+    budget: int = 32,
+    split: str | None = None,
+    min_tokens: int | None = None,
+    min_std: float = 1.0,
+    workers: int | None = None,
+    shard_tokens: int = 1 << 20,
+    progress: bool = True,
+) -> PrepareReport:
     """Build a token dataset from an image folder (class sub-folders) or a JSONL list.
 
     min_std: images whose every channel varies less than this (in 0..255 levels) are blank."""
@@ -369,13 +396,17 @@ def prepare(source: str | Path, out: str | Path, *, autoencoder: Autoencoder | N
         raise ConfigError(f"min_std must be a number >= 0; got {min_std!r}")
     unit = patch_size * autoencoder.downsample
     if budget % unit:
-        raise ConfigError(f"budget side {budget} must be a multiple of patch × down-sampling = "
-                          f"{patch_size} × {autoencoder.downsample} = {unit}")
+        raise ConfigError(
+            f"budget side {budget} must be a multiple of patch × down-sampling = "
+            f"{patch_size} × {autoencoder.downsample} = {unit}"
+        )
     max_tokens = (budget // unit) ** 2
     min_tokens = max(1, max_tokens // 16) if min_tokens is None else _count("min_tokens", min_tokens)
     if min_tokens > max_tokens:
-        raise ConfigError(f"min_tokens {min_tokens} exceeds the {max_tokens} tokens of the budget "
-                          f"({budget} px / {unit} = {budget // unit} per side): every image would be skipped")
+        raise ConfigError(
+            f"min_tokens {min_tokens} exceeds the {max_tokens} tokens of the budget "
+            f"({budget} px / {unit} = {budget // unit} per side): every image would be skipped"
+        )
     if source.is_dir():
         sources, classes = list_folder(source, broken_links=True)
     elif source.is_file():
@@ -397,28 +428,59 @@ def prepare(source: str | Path, out: str | Path, *, autoencoder: Autoencoder | N
             for variant, eligible, image in variants:
                 features, h, w = encode_pair(image, autoencoder, patch_size)
                 shard, offset = writer.add(features)
-                items.append(dict(group=report.images, variant=variant, eligible=eligible, shard=shard, offset=offset,
-                                  h=h, w=w, label=src.label, caption=src.caption, source=str(src.path)))
+                items.append(
+                    dict(
+                        group=report.images,
+                        variant=variant,
+                        eligible=eligible,
+                        shard=shard,
+                        offset=offset,
+                        h=h,
+                        w=w,
+                        label=src.label,
+                        caption=src.caption,
+                        source=str(src.path),
+                    )
+                )
                 report.sequences += 1
                 report.tokens += h * w
             report.images += 1
             if report.images % 100 == 0:
                 bar.set_postfix(kept=report.images, skipped=sum(report.skipped.values()), refresh=False)
     if report.images == 0:
-        raise UserError(f"no usable images in {source}: all {len(sources)} files were skipped "
-                        f"({_skip_summary(report)}); nothing was written")
+        raise UserError(
+            f"no usable images in {source}: all {len(sources)} files were skipped "
+            f"({_skip_summary(report)}); nothing was written"
+        )
     writer.flush()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "items.jsonl", "w") as f:
         for item in items:
             f.write(json.dumps(item) + "\n")
-    save_json(dict(format="fitv2-tokens", version=1, autoencoder=autoencoder.spec(), patch_size=patch_size,
-                   channels=autoencoder.channels, downsample=autoencoder.downsample,
-                   token_dim=patch_size**2 * autoencoder.channels, budget=budget, max_tokens=max_tokens,
-                   num_classes=len(classes), class_names=classes, shards=writer.names, images=report.images,
-                   sequences=report.sequences, tokens=report.tokens, skipped=dict(report.skipped),
-                   skipped_examples={k: v[:5] for k, v in report.examples.items()}, source=str(source), split=split),
-              out / "index.json")
+    save_json(
+        dict(
+            format="fitv2-tokens",
+            version=1,
+            autoencoder=autoencoder.spec(),
+            patch_size=patch_size,
+            channels=autoencoder.channels,
+            downsample=autoencoder.downsample,
+            token_dim=patch_size**2 * autoencoder.channels,
+            budget=budget,
+            max_tokens=max_tokens,
+            num_classes=len(classes),
+            class_names=classes,
+            shards=writer.names,
+            images=report.images,
+            sequences=report.sequences,
+            tokens=report.tokens,
+            skipped=dict(report.skipped),
+            skipped_examples={k: v[:5] for k, v in report.examples.items()},
+            source=str(source),
+            split=split,
+        ),
+        out / "index.json",
+    )
     return report
 
 

@@ -176,8 +176,10 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
     directory = Path(directory)
     meta_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(f"{directory} is not a classifier folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
-                                "train one with `fitv2 train-classifier DATA --out DIR`")
+        raise FileNotFoundError(
+            f"{directory} is not a classifier folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+            "train one with `fitv2 train-classifier DATA --out DIR`"
+        )
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path} is not a {FORMAT} file")
@@ -248,8 +250,9 @@ def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + u[:, 2] * 0.7).clamp(-1, 1)
 
 
-def _batch(images: list[Image.Image], labels: list[int], buckets: list[int], idx: list[int], side: int,
-           rng: random.Random) -> tuple[list[np.ndarray], np.ndarray]:
+def _batch(
+    images: list[Image.Image], labels: list[int], buckets: list[int], idx: list[int], side: int, rng: random.Random
+) -> tuple[list[np.ndarray], np.ndarray]:
     """One training batch: a uint8 array per aspect bucket (area ≈ side²) and the labels in that order."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i in idx:
@@ -278,10 +281,20 @@ def _accuracy(model: Classifier, images: list[np.ndarray], labels: list[int], si
     return correct / max(1, len(images))
 
 
-def train_classifier(data: str | Path, out_dir: str | Path, *, epochs: int = 20, batch_size: int = 64,
-                     lr: float = 2e-3, budget: int = 32, seed: int = 0, max_minutes: float | None = None,
-                     weight_decay: float = 0.05, config: ClassifierConfig | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+def train_classifier(
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    budget: int = 32,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    weight_decay: float = 0.05,
+    config: ClassifierConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train on the split=train rows of a JSONL (or a class folder), test on split=test; save to ``out_dir``.
 
     Each batch is a random draw of images at one random area budget between (budget/2)² and
@@ -308,8 +321,9 @@ def train_classifier(data: str | Path, out_dir: str | Path, *, epochs: int = 20,
     model = Classifier(config)
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0}], lr=lr
+    )
     per_epoch = len(images) // batch_size + (len(images) % batch_size > 1)  # BatchNorm needs 2+ images
     if len(images) < 2:
         raise ValueError(f"{data}: too few training images ({len(images)})")
@@ -344,25 +358,53 @@ def train_classifier(data: str | Path, out_dir: str | Path, *, epochs: int = 20,
             seen += len(y)
             step += 1
         if seen:
-            history.append(dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_accuracy=correct / seen,
-                                seconds=round(time.perf_counter() - start, 1)))
+            history.append(
+                dict(
+                    epoch=epoch + 1,
+                    loss=float(np.mean(losses)),
+                    train_accuracy=correct / seen,
+                    seconds=round(time.perf_counter() - start, 1),
+                )
+            )
             if progress:
                 h = history[-1]
-                print(f"epoch {h['epoch']}: loss {h['loss']:.3f}, train acc {h['train_accuracy']:.3f}, "
-                      f"{h['seconds']:.0f}s", flush=True)
+                print(
+                    f"epoch {h['epoch']}: loss {h['loss']:.3f}, train acc {h['train_accuracy']:.3f}, "
+                    f"{h['seconds']:.0f}s",
+                    flush=True,
+                )
         if done:
             break
     seconds = time.perf_counter() - start
     model.eval()
     eval_sides = sorted({budget // 2, budget, budget * 4 // 3}) if test_images else []
     by_side = {str(s): _accuracy(model, test_images, test_labels, s) for s in eval_sides}
-    meta = dict(format=FORMAT, version=1, config=config.to_dict(), class_names=list(classes),
-                test_accuracy=by_side.get(str(budget)), test_accuracy_by_side=by_side, num_train=len(images),
-                num_test=len(test_images), parameters=sum(p.numel() for p in model.parameters()),
-                train=dict(data=str(data), epochs=epochs, epochs_run=len(history), steps=step,
-                           batch_size=batch_size, lr=lr, weight_decay=weight_decay, budget=budget,
-                           train_sides=sides, seed=seed, max_minutes=max_minutes, seconds=round(seconds, 1)),
-                history=history)
+    meta = dict(
+        format=FORMAT,
+        version=1,
+        config=config.to_dict(),
+        class_names=list(classes),
+        test_accuracy=by_side.get(str(budget)),
+        test_accuracy_by_side=by_side,
+        num_train=len(images),
+        num_test=len(test_images),
+        parameters=sum(p.numel() for p in model.parameters()),
+        train=dict(
+            data=str(data),
+            epochs=epochs,
+            epochs_run=len(history),
+            steps=step,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            budget=budget,
+            train_sides=sides,
+            seed=seed,
+            max_minutes=max_minutes,
+            seconds=round(seconds, 1),
+        ),
+        history=history,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_tensors(model.state_dict(), out_dir / WEIGHTS_FILE)
     save_json(meta, out_dir / CONFIG_FILE)

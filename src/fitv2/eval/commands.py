@@ -11,8 +11,14 @@ from ..errors import ConfigError, MissingFileError
 from ..options import ClassifierOptions, EvaluateOptions
 
 
-def make_extractor(kind: str, *, classifier: str | os.PathLike | None = None,
-                   inception: str | os.PathLike | None = None, device: str = "cpu", tf_compat: bool = False):
+def make_extractor(
+    kind: str,
+    *,
+    classifier: str | os.PathLike | None = None,
+    inception: str | os.PathLike | None = None,
+    device: str = "cpu",
+    tf_compat: bool = False,
+):
     """The feature network of ``--features``: 'classifier' (a classifier folder) or 'inception' (FID weights)."""
     from .evaluate import ClassifierFeatures, InceptionFeatures
     from .inception import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
@@ -23,8 +29,10 @@ def make_extractor(kind: str, *, classifier: str | os.PathLike | None = None,
         return ClassifierFeatures(classifier, device)
     if kind == "inception":
         if inception is None:
-            raise MissingFileError(f"--features inception needs --inception PATH to {FID_WEIGHTS_NAME} "
-                                    f"(download {FID_WEIGHTS_URL} on a machine with internet access)")
+            raise MissingFileError(
+                f"--features inception needs --inception PATH to {FID_WEIGHTS_NAME} "
+                f"(download {FID_WEIGHTS_URL} on a machine with internet access)"
+            )
         return InceptionFeatures(inception, device, tf_compat)
     raise ConfigError(f"unknown feature network {kind!r} (use classifier or inception)")
 
@@ -33,14 +41,21 @@ def format_table(m: dict[str, Any]) -> str:
     """A compact, aligned text table of the metrics."""
     fd = "fid" if m["features"] == "inception" else "fd"
     shapes = ", ".join(f"{k}: {v}" for k, v in sorted(m["generated_shapes"].items(), key=lambda kv: -kv[1])[:4])
-    rows = [("features", f"{m['features']} ({m['weights']})"),
-            ("generated", f"{m['num_generated']} images [{shapes}] {m['generated']}"),
-            ("reference", f"{m['num_reference']} images {m['reference']}" + (" [cached]" if m["reference_cached"]
-                                                                                 else ""))]
-    for key, name in ((fd, fd.upper()), ("s" + fd, "s" + fd.upper()), ("is", "IS"), ("precision", "precision"),
-                      ("recall", "recall"), ("class_consistency", "class consistency"),
-                      ("reference_is", "IS (reference)"),
-                      ("reference_class_consistency", "class consistency (reference)")):
+    rows = [
+        ("features", f"{m['features']} ({m['weights']})"),
+        ("generated", f"{m['num_generated']} images [{shapes}] {m['generated']}"),
+        ("reference", f"{m['num_reference']} images {m['reference']}" + (" [cached]" if m["reference_cached"] else "")),
+    ]
+    for key, name in (
+        (fd, fd.upper()),
+        ("s" + fd, "s" + fd.upper()),
+        ("is", "IS"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("class_consistency", "class consistency"),
+        ("reference_is", "IS (reference)"),
+        ("reference_class_consistency", "class consistency (reference)"),
+    ):
         if m.get(key) is not None:
             value = f"{m[key]:.4f}" if key in ("precision", "recall") or "consistency" in key else f"{m[key]:.3f}"
             rows.append((name, value + (f" ± {m['is_std']:.3f}" if key == "is" and m["is_std"] else "")))
@@ -61,10 +76,21 @@ def run_evaluate(opts: EvaluateOptions) -> int:
 
     generated = open_source(opts.generated)
     reference = open_source(opts.reference, opts.split, opts.reference_budget)
-    extractor = make_extractor(opts.features, classifier=opts.classifier, inception=opts.inception,
-                               device=opts.device, tf_compat=opts.tf_compat)
-    metrics = evaluate(generated, reference, extractor, batch_size=opts.batch_size,
-                       cache_dir=None if opts.no_cache else (opts.cache_dir or "default"), progress=not opts.quiet)
+    extractor = make_extractor(
+        opts.features,
+        classifier=opts.classifier,
+        inception=opts.inception,
+        device=opts.device,
+        tf_compat=opts.tf_compat,
+    )
+    metrics = evaluate(
+        generated,
+        reference,
+        extractor,
+        batch_size=opts.batch_size,
+        cache_dir=None if opts.no_cache else (opts.cache_dir or "default"),
+        progress=not opts.quiet,
+    )
     print(format_table(metrics))
     out = Path(opts.json) if opts.json else default_json_path(opts.generated)
     save_json(metrics, out)
@@ -77,14 +103,26 @@ def run_train_classifier(opts: ClassifierOptions) -> int:
     from .classifier import train_classifier
 
     start = time.perf_counter()
-    meta = train_classifier(opts.data, opts.out, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
-                            budget=opts.budget, seed=opts.seed, max_minutes=opts.max_minutes,
-                            progress=not opts.quiet)
+    meta = train_classifier(
+        opts.data,
+        opts.out,
+        epochs=opts.epochs,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        budget=opts.budget,
+        seed=opts.seed,
+        max_minutes=opts.max_minutes,
+        progress=not opts.quiet,
+    )
     acc = meta["test_accuracy"]
     by_side = ", ".join(f"{s}²: {a:.3f}" for s, a in meta["test_accuracy_by_side"].items())
-    print(f"classifier ({meta['parameters']:,} parameters, {len(meta['class_names'])} classes) trained on "
-          f"{meta['num_train']} images for {meta['train']['epochs_run']} epochs in "
-          f"{time.perf_counter() - start:.0f}s; saved to {opts.out}")
-    print(f"test accuracy on {meta['num_test']} images: " + (f"{acc:.3f} (by input area: {by_side})"
-                                                              if acc is not None else "n/a (no test images)"))
+    print(
+        f"classifier ({meta['parameters']:,} parameters, {len(meta['class_names'])} classes) trained on "
+        f"{meta['num_train']} images for {meta['train']['epochs_run']} epochs in "
+        f"{time.perf_counter() - start:.0f}s; saved to {opts.out}"
+    )
+    print(
+        f"test accuracy on {meta['num_test']} images: "
+        + (f"{acc:.3f} (by input area: {by_side})" if acc is not None else "n/a (no test images)")
+    )
     return 0

@@ -35,8 +35,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1
 _LABEL_SUFFIX = re.compile(r"_(\d+)$")
 
-__all__ = ["ClassifierFeatures", "FeatureExtractor", "ImageSource", "InceptionFeatures", "evaluate",
-           "frechet_distance_stats", "open_source", "shape_batches"]
+__all__ = [
+    "ClassifierFeatures",
+    "FeatureExtractor",
+    "ImageSource",
+    "InceptionFeatures",
+    "evaluate",
+    "frechet_distance_stats",
+    "open_source",
+    "shape_batches",
+]
 
 
 # ----------------------------------------------------------------------------- feature networks
@@ -95,8 +103,11 @@ class ClassifierFeatures(FeatureExtractor):
         self.num_classes = self.model.config.num_classes
 
     def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "weights": _file_identity(self.path / WEIGHTS_FILE),
-                "config": self.model.config.to_dict()}
+        return {
+            "name": self.name,
+            "weights": _file_identity(self.path / WEIGHTS_FILE),
+            "config": self.model.config.to_dict(),
+        }
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model.embed(images)
@@ -164,16 +175,26 @@ class FolderSource(ImageSource):
 
     def __init__(self, path: Path, budget: int | None = None) -> None:
         super().__init__(path, budget)
-        self.files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
-                            and f.name != "grid.png" and not f.name.startswith("."))
+        self.files = sorted(
+            f
+            for f in path.rglob("*")
+            if f.suffix.lower() in IMAGE_SUFFIXES
+            and f.is_file()
+            and f.name != "grid.png"
+            and not f.name.startswith(".")
+        )
         if not self.files:
             raise ValueError(f"{path} holds no PNG/JPG images")
         found = [_LABEL_SUFFIX.search(f.stem) for f in self.files]
         self.count, self.labels = len(self.files), [int(m.group(1)) for m in found] if all(found) else None
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "folder", "path": str(self.path.resolve()), "files": _listing_digest(self.files),
-                "budget": self.budget}
+        return {
+            "kind": "folder",
+            "path": str(self.path.resolve()),
+            "files": _listing_digest(self.files),
+            "budget": self.budget,
+        }
 
     def _images(self):
         return map(_load, self.files)
@@ -240,8 +261,13 @@ class JsonlSource(ImageSource):
         self.count, self.labels = len(self.sources), [s.label for s in self.sources]
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "jsonl", "file": _file_identity(self.path), "split": self.split, "budget": self.budget,
-                "files": _listing_digest(s.path for s in self.sources)}
+        return {
+            "kind": "jsonl",
+            "file": _file_identity(self.path),
+            "split": self.split,
+            "budget": self.budget,
+            "files": _listing_digest(s.path for s in self.sources),
+        }
 
     def _images(self):
         return (_load(s.path) for s in self.sources)
@@ -266,8 +292,9 @@ def open_source(path: str | os.PathLike, split: str | None = None, budget: int |
     raise ValueError(f"{path}: expected an image folder, an .npz/.npy sample batch or a .jsonl list")
 
 
-def shape_batches(items: Iterable[tuple[np.ndarray, int | None]], batch_size: int,
-                  max_pending: int | None = None) -> Iterator[tuple[np.ndarray, list[int | None]]]:
+def shape_batches(
+    items: Iterable[tuple[np.ndarray, int | None]], batch_size: int, max_pending: int | None = None
+) -> Iterator[tuple[np.ndarray, list[int | None]]]:
     """Group a stream of images into same-shape batches, holding at most ``max_pending`` images."""
     max_pending = max_pending or 4 * batch_size
     pending: dict[tuple[int, ...], list] = {}
@@ -301,8 +328,13 @@ class Features:
     shapes: dict[str, int]
 
 
-def extract(source: ImageSource, extractor: FeatureExtractor, batch_size: int = 64,
-            progress: bool = False, desc: str = "features") -> Features:
+def extract(
+    source: ImageSource,
+    extractor: FeatureExtractor,
+    batch_size: int = 64,
+    progress: bool = False,
+    desc: str = "features",
+) -> Features:
     """Run every image of ``source`` through ``extractor``, batch by batch."""
     pool, spatial = FeatureStats(), FeatureStats()
     feats, logits, labels, shapes = [], [], [], {}
@@ -320,8 +352,14 @@ def extract(source: ImageSource, extractor: FeatureExtractor, batch_size: int = 
     if pool.n < 2:
         raise ValueError(f"{source.path}: need at least 2 images, found {pool.n}")
     known = all(y is not None for y in labels)
-    return Features(pool, spatial, np.concatenate(feats), np.concatenate(logits),
-                    np.array(labels, np.int64) if known else None, shapes)
+    return Features(
+        pool,
+        spatial,
+        np.concatenate(feats),
+        np.concatenate(logits),
+        np.array(labels, np.int64) if known else None,
+        shapes,
+    )
 
 
 def frechet_distance_stats(a: FeatureStats, b: FeatureStats) -> float:
@@ -351,8 +389,13 @@ def _save_stats(stats: FeatureStats, path: Path) -> None:
     atomic_write(path, write)
 
 
-def reference_features(source: ImageSource, extractor: FeatureExtractor, cache_dir: str | os.PathLike | None,
-                       batch_size: int = 64, progress: bool = False) -> tuple[Features, bool]:
+def reference_features(
+    source: ImageSource,
+    extractor: FeatureExtractor,
+    cache_dir: str | os.PathLike | None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[Features, bool]:
     """Reference features from the cache if present, else computed and cached; also says which."""
     key_data = {"version": CACHE_VERSION, "source": source.identity(), "features": extractor.identity()}
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:20]
@@ -361,8 +404,14 @@ def reference_features(source: ImageSource, extractor: FeatureExtractor, cache_d
         meta = json.loads((folder / "meta.json").read_text())
         t = read_state_dict(folder / "features.safetensors")
         labels = t["labels"].numpy() if "labels" in t else None
-        return Features(FeatureStats.load(folder / "pool.npz"), FeatureStats.load(folder / "spatial.npz"),
-                        t["pool"].numpy(), t["logits"].numpy(), labels, meta["shapes"]), True
+        return Features(
+            FeatureStats.load(folder / "pool.npz"),
+            FeatureStats.load(folder / "spatial.npz"),
+            t["pool"].numpy(),
+            t["logits"].numpy(),
+            labels,
+            meta["shapes"],
+        ), True
     feats = extract(source, extractor, batch_size, progress, desc="reference")
     if folder is not None:
         tensors = {"pool": torch.from_numpy(feats.pool_features), "logits": torch.from_numpy(feats.logits)}
@@ -379,10 +428,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fitv2" / "eval"
 
 
-def evaluate(generated: str | os.PathLike | ImageSource, reference: str | os.PathLike | ImageSource,
-             extractor: FeatureExtractor, *, batch_size: int = 64, cache_dir: str | os.PathLike | None = "default",
-             reference_budget: int | None = None, split: str | None = None, k: int = 3,
-             progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    generated: str | os.PathLike | ImageSource,
+    reference: str | os.PathLike | ImageSource,
+    extractor: FeatureExtractor,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike | None = "default",
+    reference_budget: int | None = None,
+    split: str | None = None,
+    k: int = 3,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Metrics of generated images against a reference set (``cache_dir=None`` disables the cache).
 
     Keys: ``fid``/``sfid`` (Inception) or ``fd``/``sfd`` (classifier) on pool/spatial features,
@@ -401,16 +458,23 @@ def evaluate(generated: str | os.PathLike | ImageSource, reference: str | os.Pat
     out["s" + fd] = frechet_distance_stats(gen.spatial, ref.spatial)
     out["is"], out["is_std"] = inception_score(gen.logits, split_size=5000)
     if min(len(gen.pool_features), len(ref.pool_features)) > k:
-        out["precision"], out["recall"] = precision_recall(ref.pool_features, gen.pool_features, k=k,
-                                                           device=extractor.device)
+        out["precision"], out["recall"] = precision_recall(
+            ref.pool_features, gen.pool_features, k=k, device=extractor.device
+        )
     else:
         out["precision"] = out["recall"] = None  # k-NN radii need more than k images per set
     out["class_consistency"] = _consistency(extractor, gen)
     out["reference_is"] = inception_score(ref.logits, split_size=5000)[0]
     out["reference_class_consistency"] = _consistency(extractor, ref)
-    out.update(num_generated=gen.pool.n, num_reference=ref.pool.n, generated_shapes=gen.shapes,
-               generated=gen_src.describe(), reference=ref_src.describe(), reference_cached=cached,
-               weights=str(getattr(extractor, "path", "")))
+    out.update(
+        num_generated=gen.pool.n,
+        num_reference=ref.pool.n,
+        generated_shapes=gen.shapes,
+        generated=gen_src.describe(),
+        reference=ref_src.describe(),
+        reference_cached=cached,
+        weights=str(getattr(extractor, "path", "")),
+    )
     return out
 
 

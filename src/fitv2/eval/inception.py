@@ -25,9 +25,7 @@ from torch import nn
 from ..checkpoint import load_weights, read_state_dict
 
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-FID_WEIGHTS_URL = (
-    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
-)
+FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_NAME
 INPUT_SIZE = 299
 SPATIAL_CHANNELS = 7  # ADM keeps mixed_6/conv[..., :7]: 7 * 17 * 17 = 2023 features
 

@@ -96,9 +96,7 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``.npz``; also stores ``mu``/``sigma`` in the ADM reference-batch layout."""
-        np.savez(
-            path, n=np.int64(self.n), mean=self._mean, m2=self._m2, mu=self.mean, sigma=self.cov
-        )
+        np.savez(path, n=np.int64(self.n), mean=self._mean, m2=self._m2, mu=self.mean, sigma=self.cov)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
@@ -113,18 +111,14 @@ class FeatureStats:
         return stats
 
 
-def load_reference_stats(
-    path: str | os.PathLike, spatial: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def load_reference_stats(path: str | os.PathLike, spatial: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(mu, sigma)`` from an ADM-style ``.npz`` (keys mu/sigma, or mu_s/sigma_s)."""
     suffix = "_s" if spatial else ""
     with np.load(path) as f:
         return f["mu" + suffix].astype(np.float64), f["sigma" + suffix].astype(np.float64)
 
 
-def frechet_distance(
-    mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, eps: float = 1e-6
-) -> float:
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, eps: float = 1e-6) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (FID when fed Inception stats).
 
     ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}). As in the ADM evaluator / pytorch-fid: if
@@ -134,9 +128,7 @@ def frechet_distance(
     mu1, mu2 = np.atleast_1d(_to_numpy64(mu1)), np.atleast_1d(_to_numpy64(mu2))
     s1, s2 = np.atleast_2d(_to_numpy64(sigma1)), np.atleast_2d(_to_numpy64(sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise ValueError(
-            f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}"
-        )
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
     diff = mu1 - mu2
     with warnings.catch_warnings():
         # ADM calls sqrtm(disp=False): near-singular products are handled below, not warned on
@@ -160,9 +152,7 @@ def _log_probs(x: ArrayLike, is_probs: bool | None) -> np.ndarray:
         raise ValueError(f"expected (N, classes), got shape {tuple(x.shape)}")
     if is_probs is None:
         is_probs = bool(
-            (x >= 0).all()
-            and (x <= 1).all()
-            and torch.allclose(x.sum(1), torch.ones(len(x), dtype=x.dtype), atol=1e-3)
+            (x >= 0).all() and (x <= 1).all() and torch.allclose(x.sum(1), torch.ones(len(x), dtype=x.dtype), atol=1e-3)
         )
     if is_probs:
         return torch.log(x / x.sum(1, keepdim=True)).numpy()  # log 0 = -inf is handled later

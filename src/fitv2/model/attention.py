@@ -92,8 +92,9 @@ class _Varlen(AttentionBackend):
         def tokens(x: Tensor) -> Tensor:
             return x.transpose(1, 2).reshape(B * N, H, D)[self.valid]  # (T, H, D)
 
-        out = self.kernel(tokens(q), tokens(k), tokens(v), self.cu_seqlens, self.cu_seqlens,
-                          self.max_seqlen, self.max_seqlen)
+        out = self.kernel(
+            tokens(q), tokens(k), tokens(v), self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen
+        )
         full = q.new_zeros(B * N, H, D)
         full[self.valid] = out.to(q.dtype)
         return full.reshape(B, N, H, D).transpose(1, 2)  # (B, H, N, D)
@@ -109,8 +110,10 @@ class PerImageSDPA(_Varlen):
         lengths = self.cu_seqlens.diff()
         starts = self.cu_seqlens[:-1].long()
         # Token indices (within the valid tokens) of the images of each length: (k, L) each.
-        self.groups = [starts[lengths == n][:, None] + torch.arange(int(n), device=segment.device)
-                       for n in torch.unique(lengths).tolist()]
+        self.groups = [
+            starts[lengths == n][:, None] + torch.arange(int(n), device=segment.device)
+            for n in torch.unique(lengths).tolist()
+        ]
 
     def default_kernel(self) -> VarlenKernel:
         return self._per_image
@@ -225,8 +228,12 @@ def flex_supported(device: torch.device | str, grad: bool = False) -> bool:
         lines = str(err).strip().splitlines()
         ok, why = False, f"{type(err).__name__}: {lines[0][:160]}" if lines else type(err).__name__
     if not ok:
-        warnings.warn(f"compiled FlexAttention does not work on {device} with torch {torch.__version__} ({why}); "
-                      "attention uses SDPA there instead", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"compiled FlexAttention does not work on {device} with torch {torch.__version__} ({why}); "
+            "attention uses SDPA there instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     _flex_support[key] = ok
     return ok
 

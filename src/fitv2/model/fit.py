@@ -78,8 +78,15 @@ class FiT(nn.Module):
         t = t.expand(y.shape) if t.shape[1] < y.shape[1] else t
         return self.embed_time(t) + self.y_embedder(y, self.training, label_drop)
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, layout: TokenLayout, rope: RopeScaling | None = None,
-                label_drop: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor,
+        layout: TokenLayout,
+        rope: RopeScaling | None = None,
+        label_drop: Tensor | None = None,
+    ) -> Tensor:
         """Velocity (or epsilon and variance for v1) per token.
 
         x: (B, N, p²·C) tokens, (c, p1, p2) order.   t: (B,) or (B, n) time.

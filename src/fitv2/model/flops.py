@@ -43,8 +43,9 @@ def model_summary(config: ModelConfig, tokens: int = 256) -> dict[str, float]:
     }
 
 
-def inference_activation_bytes(config: ModelConfig, batch: int, tokens: int, masked: bool = False,
-                               value_bytes: int = 4) -> int:
+def inference_activation_bytes(
+    config: ModelConfig, batch: int, tokens: int, masked: bool = False, value_bytes: int = 4
+) -> int:
     """Peak memory of the activations of one forward pass without gradients, for ``batch`` rows of
     ``tokens`` tokens (the weights not included).
 

@@ -185,8 +185,15 @@ class LabelEmbedder(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention: QK-Norm, then 2D RoPE on q and k, then masked SDPA."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: str | None = None,
-                 qk_norm_weight: bool = False, rope_on_v: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: str | None = None,
+        qk_norm_weight: bool = False,
+        rope_on_v: bool = False,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
