@@ -38,7 +38,7 @@ import torch
 from PIL import Image
 
 from fitv2.config import ModelConfig, Runtime, model_config
-from fitv2.data.prepare import SkipImage, resize_to_budget
+from fitv2.data.images import SkipImage, resize_to_budget
 from fitv2.flow import flow_loss
 from fitv2.model.attention import ATTENTION_BACKENDS, choose_attention
 from fitv2.model.fit import build_model

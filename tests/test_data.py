@@ -11,7 +11,10 @@ from imagegen import add_odd_files
 from PIL import Image
 
 from fitv2.data.dataset import TokenDataset, TokenLoader
-from fitv2.data.prepare import SkipImage, center_crop, load_rgb, prepare, resize_to_budget
+from fitv2.data.images import SkipImage, center_crop, load_rgb, resize_to_budget
+from fitv2.data.index import DatasetIndex
+from fitv2.data.prepare import prepare
+from fitv2.errors import UserError
 from fitv2.tokens import unpatchify
 
 
@@ -138,3 +141,30 @@ def test_packed_batches_hold_the_padded_batch_images(odd_dataset, batching, row_
     else:  # rows of the given length, or of the dataset's token budget
         assert packed.tokens.x.shape[1] == (row_length or ds.meta["max_tokens"])
     assert sorted(packed.labels[packed.ids >= 0].tolist()) == sorted(padded.labels.tolist())
+
+
+def test_dataset_index_round_trips_and_refuses_what_it_cannot_read(token_dataset, tmp_path):
+    index = DatasetIndex.load(token_dataset)
+    assert (index.patch_size, index.budget, index.max_tokens) == (4, 32, 64)
+    assert index.token_dim == 4 * 4 * 3 and index.num_classes == 2 and index.images == 8
+    assert TokenDataset(token_dataset).meta == index.to_dict()
+    index.save(tmp_path)
+    assert DatasetIndex.load(tmp_path) == index
+
+    data = index.to_dict()
+    for change, message in [
+        ({"format": "other"}, "not a fitv2 token-dataset index"),
+        ({"version": 99}, "format version 99"),
+    ]:
+        (tmp_path / "index.json").write_text(json.dumps({**data, **change}))
+        with pytest.raises(UserError, match=message):
+            DatasetIndex.load(tmp_path)
+    del data["max_tokens"]
+    (tmp_path / "index.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="lacks max_tokens"):
+        DatasetIndex.load(tmp_path)
+    (tmp_path / "index.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        DatasetIndex.load(tmp_path)
+    with pytest.raises(UserError, match="not a token dataset"):
+        DatasetIndex.load(tmp_path / "nowhere")

@@ -62,6 +62,20 @@ def test_frechet_distance_singular_and_shape_errors():
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+def test_frechet_distance_matches_the_matrix_square_root_formula():
+    """The eigenvalue trace equals Tr sqrtm(S1 S2) of the ADM evaluator on general covariances."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(0)
+    a, b = FeatureStats(), FeatureStats()
+    a.update(rng.standard_normal((200, 24)) @ rng.standard_normal((24, 24)))
+    b.update(rng.standard_normal((150, 24)) * 1.3 + 0.2)
+    diff = a.mean - b.mean
+    expected = diff @ diff + np.trace(a.cov + b.cov - 2 * linalg.sqrtm(a.cov @ b.cov).real)
+    assert frechet_distance(a.mean, a.cov, b.mean, b.cov) == pytest.approx(expected, rel=1e-9)
+    assert abs(frechet_distance(a.mean, a.cov, a.mean, a.cov)) < 1e-9
+
+
 def test_feature_stats_streaming_matches_numpy(tmp_path):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1000, 20)) * rng.uniform(0.1, 3, 20) + 50.0

@@ -9,8 +9,10 @@ import pytest
 from imagegen import make_class_folder, shapes_image
 from PIL import Image, ImageFile
 
-from fitv2.data import prepare as prep
-from fitv2.data.prepare import SkipImage, channel_std, list_jsonl, load_rgb, prepare
+from fitv2.data import images as image_reading
+from fitv2.data.images import SkipImage, channel_std, load_rgb
+from fitv2.data.prepare import prepare
+from fitv2.data.sources import list_jsonl
 from fitv2.errors import ConfigError, MissingFileError, UserError
 
 
@@ -33,7 +35,7 @@ def _run(images, tmp_path, **kwargs):
 
 def test_the_size_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
     shapes_image(0, 64, 48, np.random.default_rng(0)).save(tmp_path / "big.png")
-    monkeypatch.setattr(prep, "MAX_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr(image_reading, "MAX_PIXELS", 64 * 48 - 1)
 
     def no_decoding(self):
         raise AssertionError("decoded an image over the pixel limit")

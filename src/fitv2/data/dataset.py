@@ -23,9 +23,10 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from ..errors import ConfigError, MissingFileError
+from ..errors import ConfigError
 from ..seeds import generator
 from ..tokens import TokenBatch, first_fit_rows, pack_sequences, pad_sequences
+from .index import DatasetIndex
 
 MODES = ("mixed", "flexible", "fixed")
 BATCHINGS = ("pad", "pack", "flat")
@@ -36,10 +37,8 @@ class TokenDataset:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        index = self.root / "index.json"
-        if not index.is_file():
-            raise MissingFileError(f"{self.root} is not a token dataset (no index.json); run `fitv2 prepare` first")
-        self.meta = json.loads(index.read_text())
+        self.index = DatasetIndex.load(self.root)
+        self.meta = self.index.to_dict()  # the same fields as a plain dict
         self.items = [json.loads(line) for line in (self.root / "items.jsonl").read_text().splitlines() if line]
         groups: dict[int, dict[str, int]] = {}
         for i, item in enumerate(self.items):
@@ -52,26 +51,26 @@ class TokenDataset:
 
     @property
     def patch_size(self) -> int:
-        return self.meta["patch_size"]
+        return self.index.patch_size
 
     @property
     def token_dim(self) -> int:
-        return self.meta["token_dim"]
+        return self.index.token_dim
 
     @property
     def num_classes(self) -> int:
-        return self.meta["num_classes"]
+        return self.index.num_classes
 
     @property
     def class_names(self) -> list[str]:
-        return self.meta["class_names"]
+        return self.index.class_names
 
     def features(self, item: int, flip: bool = False) -> Tensor:
         """Tokens (h·w, D) float32 of a stored sequence (or of its mirror image)."""
         rec = self.items[item]
         shard = rec["shard"]
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.root / self.meta["shards"][shard]), framework="pt")
+            self._handles[shard] = safe_open(str(self.root / self.index.shards[shard]), framework="pt")
         n = rec["h"] * rec["w"]
         rows = self._handles[shard].get_slice("features")[rec["offset"] : rec["offset"] + n]
         return rows[:, int(flip)].float()
@@ -125,7 +124,7 @@ class TokenLoader:
             raise ConfigError(f"--batch-size {batch_size} exceeds the dataset's {len(dataset)} images")
         if batching not in BATCHINGS:
             raise ConfigError(f"unknown batching {batching!r}; choose one of {BATCHINGS}")
-        longest = int(dataset.meta["max_tokens"])
+        longest = dataset.index.max_tokens
         if batching == "pack":
             row_length = longest if row_length is None else row_length
             if row_length < longest:

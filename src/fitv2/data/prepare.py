@@ -20,9 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-import struct
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -31,39 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..checkpoint import save_json, save_tensors
+from ..checkpoint import save_tensors
 from ..errors import ConfigError, MissingFileError, UserError
 from ..tokens import patchify
 from .autoencoder import Autoencoder, PixelSpace
-
-# Largest image decoded, checked from the file header before any pixel is read: one RGB copy of
-# it is 200 MB, and loading, colour conversion and resizing hold about two at once.
-MAX_PIXELS = 8192 * 8192
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a half-grey image
-# PIL's own bomb check, a backstop behind ours (whose message gives the size): it warns past twice
-# the limit and refuses past four times; either is reported as too large as well.
-Image.MAX_IMAGE_PIXELS = 2 * MAX_PIXELS
-
-
-class SkipImage(Exception):
-    """An input that cannot become a training example.
-
-    reason: the key skips are counted under; detail: what is particular to this file."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason} ({detail})" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass
-class Source:
-    path: Path
-    label: int
-    caption: str = ""
+from .images import SkipImage, center_crop, channel_std, load_rgb, resize_to_budget
+from .index import DatasetIndex
+from .sources import list_folder, list_jsonl
 
 
 @dataclass
@@ -73,219 +46,6 @@ class PrepareReport:
     tokens: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def caption_from_name(path: Path) -> str:
-    words = re.sub(r"[_\-.]+", " ", path.stem)
-    words = re.sub(r"\d+", " ", words)
-    return " ".join(words.split()).lower()
-
-
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-def list_folder(root: Path, *, broken_links: bool = False) -> tuple[list[Source], list[str]]:
-    """One sub-folder per class (sorted names = labels 0..K−1).
-
-    broken_links: also list symbolic links whose target is gone, so that they are reported as
-    skipped rather than silently missing from the dataset."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        loose = any(f.suffix.lower() in _IMAGE_SUFFIXES and f.is_file() for f in root.iterdir())
-        hint = "; put the images in one sub-folder per class (one sub-folder if unlabelled)" if loose else ""
-        raise UserError(f"{root} has no class sub-folders{hint}")
-    sources = []
-    for label, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.name.startswith("."):
-                continue
-            if f.is_file() or (broken_links and f.is_symlink() and not f.exists()):
-                sources.append(Source(f, label, caption_from_name(f)))
-    if not sources:
-        raise UserError(
-            f"the class folders of {root} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}) hold no files"
-        )
-    return sources, classes
-
-
-def _row_label(value, where: str) -> int:
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{where}: 'label' must be a class number 0, 1, ...; got {value!r}")
-    if value < 0:
-        raise UserError(f"{where}: 'label' must be 0 or more; got {value}")
-    return value
-
-
-def _read_rows(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a JSONL text file (one JSON object per line)") from None
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f'{where} is not JSON ({err.msg}); each line must be an object like {{"path": "a.png", "label": 0}}'
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where} is not a JSON object with 'path' and 'label'")
-        for key in ("path", "label"):
-            if key not in row:
-                raise UserError(f"{where} has no {key!r}")
-        if not isinstance(row["path"], str) or not row["path"].strip():
-            raise UserError(f"{where}: 'path' must be a file name; got {row['path']!r}")
-        row["label"] = _row_label(row["label"], where)
-        for key in ("caption", "split", "class_name"):
-            if row.get(key) is not None and not isinstance(row[key], str):
-                raise UserError(f"{where}: {key!r} must be a string; got {row[key]!r}")
-        rows.append(row)
-    return rows
-
-
-def list_jsonl(path: Path, split: str | None = None) -> tuple[list[Source], list[str]]:
-    """Rows {path, label, caption?, split?, class_name?}; paths relative to the file's folder."""
-    rows = _read_rows(path)
-    if split is not None:
-        rows = [r for r in rows if r.get("split") == split]
-    if not rows:
-        raise UserError(f"{path} lists no images" + (f" in split {split!r}" if split else ""))
-    base = path.parent
-    sources = [
-        Source(base / r["path"], r["label"], r.get("caption") or caption_from_name(Path(r["path"]))) for r in rows
-    ]
-    top = max(r["label"] for r in rows)
-    classes_file = base / "classes.json"
-    if classes_file.is_file():
-        try:
-            classes = json.loads(classes_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"{classes_file} is not a JSON list of class names: {err}") from None
-        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-            raise UserError(f"{classes_file} must be a JSON list of class names")
-        if top >= len(classes):
-            raise UserError(f"{path} uses label {top} but {classes_file} names only {len(classes)} classes")
-    else:
-        names = {r["label"]: r.get("class_name") or str(r["label"]) for r in rows}
-        classes = [names.get(i, str(i)) for i in range(top + 1)]
-    return sources, classes
-
-
-# ----------------------------------------------------------------------------- images
-
-# What PIL raises on a malformed file, whatever the format's parser trips on.
-_DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    TypeError,
-    struct.error,
-    ZeroDivisionError,
-)
-
-
-def _too_large(detail: str) -> SkipImage:
-    return SkipImage("too large", f"{detail}; the limit is {MAX_PIXELS:,} pixels")
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Any PIL-readable file as RGB: EXIF rotation applied, transparency on white, 16-bit scaled.
-
-    The size is checked from the header before decoding; peak memory stays near two copies of
-    the decoded image."""
-    path = Path(path)
-    if not path.exists():
-        raise SkipImage("broken link" if path.is_symlink() else "missing file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with open(path, "rb") as f:  # closing our file leaves the decoded image (closing PIL's frees it)
-                img = Image.open(f)
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise _too_large(f"{w}x{h} pixels")
-                img.load()
-                ImageOps.exif_transpose(img, in_place=True)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        found = re.search(r"\((\d+) pixels\)", str(err))
-        raise _too_large(f"{int(found.group(1)):,} pixels" if found else "decompression bomb") from err
-    except UnidentifiedImageError as err:
-        raise SkipImage("not an image") from err
-    except _DECODE_ERRORS as err:
-        raise SkipImage("unreadable or truncated") from err
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr *= 255.0 / top
-        np.clip(arr, 0, 255, out=arr)
-        img = Image.fromarray(arr.astype(np.uint8))
-        del arr
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("LA", "PA", "RGBa", "La"):
-        img = img.convert("RGBA")
-    if img.mode == "RGBA":  # on white; pasting through the alpha band makes no full-size RGBA copies
-        white = Image.new("RGB", img.size, (255, 255, 255))
-        white.paste(img, mask=img)
-        img = white
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def channel_std(img: Image.Image) -> np.ndarray:
-    """Standard deviation of each channel, from the histograms (no float copy of the image)."""
-    counts = np.asarray(img.histogram(), np.float64).reshape(len(img.getbands()), 256)
-    levels = np.arange(256, dtype=np.float64)
-    n = counts.sum(1)
-    mean = counts @ levels / n
-    return np.sqrt(np.maximum(counts @ levels**2 / n - mean**2, 0.0))
-
-
-def resize_to_budget(img: Image.Image, side: int, unit: int) -> Image.Image:
-    """FiT's resize rule: area ≤ side² keeping the aspect ratio, sides floored to multiples of unit."""
-    w, h = img.size
-    if w * h >= side * side:
-        new_w = math.sqrt(w / h) * side
-        new_h = new_w * h / w
-    elif w < unit:
-        new_w, new_h = unit, unit * h / w
-    elif h < unit:
-        new_w, new_h = unit * w / h, unit
-    else:
-        new_w, new_h = w, h
-    if new_w * new_h > side * side:  # a thin image widened to the minimum side can exceed the budget
-        shrink = side / math.sqrt(new_w * new_h)
-        new_w, new_h = new_w * shrink, new_h * shrink
-    new_w, new_h = int(new_w / unit) * unit, int(new_h / unit) * unit
-    if new_w == 0 or new_h == 0:
-        raise SkipImage("aspect ratio too extreme for the budget")
-    if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BICUBIC)
-    return img
-
-
-def center_crop(img: Image.Image, side: int) -> Image.Image:
-    """ADM's center_crop_arr: halve with BOX while large, bicubic to short side, centre crop."""
-    while min(img.size) >= 2 * side:
-        img = img.resize(tuple(x // 2 for x in img.size), Image.BOX)
-    scale = side / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), Image.BICUBIC)
-    w, h = img.size
-    left, top = (w - side) // 2, (h - side) // 2
-    return img.crop((left, top, left + side, top + side))
 
 
 def _variants(args: tuple[Path, int, int, int, float]) -> tuple[list[tuple[str, bool, np.ndarray]], str | None, str]:
@@ -457,30 +217,25 @@ def prepare(
     with open(out / "items.jsonl", "w") as f:
         for item in items:
             f.write(json.dumps(item) + "\n")
-    save_json(
-        dict(
-            format="fitv2-tokens",
-            version=1,
-            autoencoder=autoencoder.spec(),
-            patch_size=patch_size,
-            channels=autoencoder.channels,
-            downsample=autoencoder.downsample,
-            token_dim=patch_size**2 * autoencoder.channels,
-            budget=budget,
-            max_tokens=max_tokens,
-            num_classes=len(classes),
-            class_names=classes,
-            shards=writer.names,
-            images=report.images,
-            sequences=report.sequences,
-            tokens=report.tokens,
-            skipped=dict(report.skipped),
-            skipped_examples={k: v[:5] for k, v in report.examples.items()},
-            source=str(source),
-            split=split,
-        ),
-        out / "index.json",
-    )
+    DatasetIndex(
+        autoencoder=autoencoder.spec(),
+        patch_size=patch_size,
+        channels=autoencoder.channels,
+        downsample=autoencoder.downsample,
+        token_dim=patch_size**2 * autoencoder.channels,
+        budget=budget,
+        max_tokens=max_tokens,
+        num_classes=len(classes),
+        class_names=classes,
+        shards=writer.names,
+        images=report.images,
+        sequences=report.sequences,
+        tokens=report.tokens,
+        skipped=dict(report.skipped),
+        skipped_examples={k: v[:5] for k, v in report.examples.items()},
+        source=str(source),
+        split=split,
+    ).save(out)
     return report
 
 

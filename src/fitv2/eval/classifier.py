@@ -36,7 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import load_weights, read_state_dict, save_json, save_tensors
-from ..data.prepare import list_folder, list_jsonl, load_rgb, resize_to_budget
+from ..data.images import load_rgb, resize_to_budget
+from ..data.sources import list_folder, list_jsonl
 
 WEIGHTS_FILE = "classifier.safetensors"
 CONFIG_FILE = "classifier.json"
