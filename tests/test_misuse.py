@@ -79,7 +79,7 @@ CASES = [
     ("train --data {data} --out {out} --batch-size 64", "exceeds the dataset"),
     (
         "train --data {data} --out {out} --batch-size 4 --batching pack --row-length 10",
-        "rows must hold the longest sequence",
+        "rows must hold the dataset's longest sequence",
     ),
     ("train --data {data} --out {out} --row-length 64", "--row-length is the row of --batching pack"),
     ("train --data {data} --out {out} --batching ragged", "invalid choice: 'ragged'"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -44,7 +45,7 @@ class TokenDataset:
         for i, item in enumerate(self.items):
             groups.setdefault(item["group"], {})[item["variant"]] = i
         self.groups = [groups[g] for g in sorted(groups)]
-        self._handles: dict[int, object] = {}
+        self._handles: dict[int, Any] = {}  # shard -> open safetensors file
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -125,11 +126,11 @@ class TokenLoader:
         if batching not in BATCHINGS:
             raise ConfigError(f"unknown batching {batching!r}; choose one of {BATCHINGS}")
         longest = dataset.index.max_tokens
+        self.row_length = longest if row_length is None else row_length  # tokens per packed row
         if batching == "pack":
-            row_length = longest if row_length is None else row_length
-            if row_length < longest:
+            if self.row_length < longest:
                 raise ConfigError(
-                    f"--row-length {row_length}: rows must hold the longest sequence of the dataset ({longest} tokens)"
+                    f"--row-length {self.row_length}: rows must hold the dataset's longest sequence ({longest} tokens)"
                 )
         self.dataset = dataset
         self.batch_size = batch_size
@@ -139,7 +140,6 @@ class TokenLoader:
         self.world_size = world_size
         self.bucket = bucket
         self.batching = batching
-        self.row_length = row_length
         self.epoch = 0
         self.batch_index = 0
         self._order: list[list[int]] | None = None

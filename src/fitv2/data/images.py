@@ -68,7 +68,7 @@ def load_rgb(path: Path) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with open(path, "rb") as f:  # closing our file leaves the decoded image (closing PIL's frees it)
-                img = Image.open(f)
+                img: Image.Image = Image.open(f)
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise _too_large(f"{w}x{h} pixels")
@@ -127,16 +127,16 @@ def resize_to_budget(img: Image.Image, side: int, unit: int) -> Image.Image:
     if new_w == 0 or new_h == 0:
         raise SkipImage("aspect ratio too extreme for the budget")
     if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BICUBIC)
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
     return img
 
 
 def center_crop(img: Image.Image, side: int) -> Image.Image:
     """ADM's center_crop_arr: halve with BOX while large, bicubic to short side, centre crop."""
     while min(img.size) >= 2 * side:
-        img = img.resize(tuple(x // 2 for x in img.size), Image.BOX)
+        img = img.resize((img.size[0] // 2, img.size[1] // 2), Image.Resampling.BOX)
     scale = side / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), Image.BICUBIC)
+    img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.Resampling.BICUBIC)
     w, h = img.size
     left, top = (w - side) // 2, (h - side) // 2
     return img.crop((left, top, left + side, top + side))

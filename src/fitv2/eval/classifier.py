@@ -25,6 +25,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, fields, replace
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,15 @@ def _conv(cin: int, cout: int, stride: int, config: ClassifierConfig) -> nn.Sequ
 
 def _joint_batch_norm(bn: nn.BatchNorm2d, xs: list[torch.Tensor]) -> list[torch.Tensor]:
     """Training-mode BatchNorm with one set of statistics over tensors of different spatial sizes."""
+    running_mean, running_var, batches = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    assert running_mean is not None and running_var is not None and batches is not None and bn.momentum is not None
     n = sum(x.numel() // x.shape[1] for x in xs)
-    mean = sum(x.sum((0, 2, 3)) for x in xs) / n
-    var = sum(((x - mean[:, None, None]) ** 2).sum((0, 2, 3)) for x in xs) / n
+    mean = reduce(torch.add, [x.sum((0, 2, 3)) for x in xs]) / n
+    var = reduce(torch.add, [((x - mean[:, None, None]) ** 2).sum((0, 2, 3)) for x in xs]) / n
     with torch.no_grad():
-        bn.running_mean.lerp_(mean, bn.momentum)
-        bn.running_var.lerp_(var * n / max(1, n - 1), bn.momentum)  # running_var is unbiased, as in PyTorch
-        bn.num_batches_tracked += 1
+        running_mean.lerp_(mean, bn.momentum)
+        running_var.lerp_(var * n / max(1, n - 1), bn.momentum)  # running_var is unbiased, as in PyTorch
+        batches += 1
     scale = bn.weight * torch.rsqrt(var + bn.eps)
     shift = bn.bias - mean * scale
     return [x * scale[:, None, None] + shift[:, None, None] for x in xs]
@@ -237,7 +240,7 @@ def _augmented(img: Image.Image, size: tuple[int, int], rng: random.Random) -> n
     frac = math.sqrt(rng.uniform(MIN_CROP, 1.0))
     cw, ch = max(1, round(w * frac)), max(1, round(h * frac))
     left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    arr = np.asarray(img.crop((left, top, left + cw, top + ch)).resize(size, Image.BICUBIC))
+    arr = np.asarray(img.crop((left, top, left + cw, top + ch)).resize(size, Image.Resampling.BICUBIC))
     return arr[:, ::-1] if rng.random() < 0.5 else arr
 
 

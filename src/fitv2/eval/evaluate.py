@@ -26,13 +26,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..checkpoint import atomic_write, read_state_dict, save_json, save_tensors
-from ..data.images import SkipImage, load_rgb, resize_to_budget
+from ..data.images import IMAGE_SUFFIXES, SkipImage, load_rgb, resize_to_budget
 from ..data.sources import list_jsonl
 from .classifier import WEIGHTS_FILE, load_classifier
 from .inception import load_inception
 from .metrics import FeatureStats, class_consistency, frechet_distance, inception_score, precision_recall
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CACHE_VERSION = 1
 _LABEL_SUFFIX = re.compile(r"_(\d+)$")
 
@@ -186,7 +185,8 @@ class FolderSource(ImageSource):
         if not self.files:
             raise ValueError(f"{path} holds no PNG/JPG images")
         found = [_LABEL_SUFFIX.search(f.stem) for f in self.files]
-        self.count, self.labels = len(self.files), [int(m.group(1)) for m in found] if all(found) else None
+        labels = [int(m.group(1)) for m in found if m is not None]
+        self.count, self.labels = len(self.files), labels if len(labels) == len(found) else None
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -337,7 +337,8 @@ def extract(
 ) -> Features:
     """Run every image of ``source`` through ``extractor``, batch by batch."""
     pool, spatial = FeatureStats(), FeatureStats()
-    feats, logits, labels, shapes = [], [], [], {}
+    feats, logits, labels = [], [], []
+    shapes: dict[str, int] = {}
     with tqdm(total=len(source), desc=desc, unit="img", disable=not progress) as bar:
         for images, ys in shape_batches(source, batch_size):
             out = extractor(images)

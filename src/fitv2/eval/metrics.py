@@ -8,6 +8,7 @@ they occur (pairwise distances in float32 instead of ADM's float16-with-fallback
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -52,15 +53,15 @@ class FeatureStats:
     def _merge(self, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray) -> None:
         if n_b == 0:
             return
-        if self._mean is None:
-            self._mean = np.zeros_like(mean_b)
-            self._m2 = np.zeros_like(m2_b)
-        if mean_b.shape != self._mean.shape:
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2 = np.zeros_like(mean_b), np.zeros_like(m2_b)
+        mean, m2 = self._mean, self._m2
+        if mean_b.shape != mean.shape:
             raise ValueError(f"feature dim {mean_b.shape[0]} != accumulated dim {self.dim}")
         n = self.n + n_b
-        delta = mean_b - self._mean
-        self._m2 += m2_b + np.outer(delta, delta) * (self.n * n_b / n)
-        self._mean += delta * (n_b / n)
+        delta = mean_b - mean
+        m2 += m2_b + np.outer(delta, delta) * (self.n * n_b / n)
+        mean += delta * (n_b / n)
         self.n = n
 
     def update(self, batch: ArrayLike) -> None:
@@ -75,26 +76,28 @@ class FeatureStats:
 
     def merge(self, other: FeatureStats) -> None:
         """Fold another accumulator (e.g. from another process) into this one."""
-        if other.n:
+        if other.n and other._mean is not None and other._m2 is not None:
             self._merge(other.n, other._mean, other._m2)
 
     @property
     def mean(self) -> np.ndarray:
         """Mean feature vector (D,)."""
-        if self.n == 0:
+        if self.n == 0 or self._mean is None:
             raise ValueError("no features accumulated")
         return self._mean.copy()
 
     @property
     def cov(self) -> np.ndarray:
         """Unbiased covariance (D, D), as ``np.cov(x, rowvar=False)``."""
-        if self.n < 2:
+        if self.n < 2 or self._m2 is None:
             raise ValueError("need at least 2 feature vectors for a covariance")
-        return self._m2 / (self.n - 1)
+        return np.asarray(self._m2 / (self.n - 1))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write to ``.npz``; also stores ``mu``/``sigma`` in the ADM reference-batch layout."""
-        np.savez(path, n=np.int64(self.n), mean=self._mean, m2=self._m2, mu=self.mean, sigma=self.cov)
+    def save(self, path: str | os.PathLike | BinaryIO) -> None:
+        """Write to ``.npz`` (a path or an open binary file); also stores ``mu``/``sigma`` in the ADM
+        reference-batch layout."""
+        mean, sigma = self.mean, self.cov  # refuses an accumulator with fewer than two vectors
+        np.savez(path, n=np.int64(self.n), mean=mean, m2=np.asarray(self._m2), mu=mean, sigma=sigma)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
@@ -216,11 +219,12 @@ def compute_radii(
     radii = torch.empty(n, dtype=dtype, device=device)
     for r0 in range(0, n, batch):
         rows = f[r0 : r0 + batch]
-        best = None
+        best: torch.Tensor | None = None
         for c0 in range(0, n, batch):
             d = _sq_dists(rows, f[c0 : c0 + batch])
             best = d if best is None else torch.cat([best, d], 1)
             best = best.topk(min(k + 1, best.shape[1]), dim=1, largest=False).values
+        assert best is not None  # n > k >= 0, so at least one block of columns
         radii[r0 : r0 + batch] = best[:, k]
     return radii
 
