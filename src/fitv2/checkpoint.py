@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -101,6 +101,7 @@ def read_state_dict(path: str | Path, entry: str | None = None) -> dict[str, Ten
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    state: Any  # what the file holds, a state dict once checked
     if path.suffix == ".safetensors":
         try:
             state = load_file(str(path))
@@ -114,15 +115,22 @@ def read_state_dict(path: str | Path, entry: str | None = None) -> dict[str, Ten
         raise CheckpointError(f"unknown checkpoint format {path.suffix!r} (use .safetensors, .bin or .pt)")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict")
-    if not all(isinstance(v, Tensor) for v in state.values()):
+    if not _is_state_dict(state):
         names = [entry] if entry else [k for k in _WRAPPER_KEYS if k in state]
         if not names or names[0] not in state:
             raise CheckpointError(f"{path} holds no state dict (keys: {', '.join(map(str, state))[:200]})")
         state = state[names[0]]
+        if not isinstance(state, dict) or not _is_state_dict(state):
+            raise CheckpointError(f"{path}: its entry {names[0]!r} is not a state dict of named tensors")
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
+
+
+def _is_state_dict(state: dict) -> TypeGuard[dict[str, Tensor]]:
+    """Whether ``state`` maps names to tensors."""
+    return all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items())
 
 
 def _first_line(err: BaseException) -> str:

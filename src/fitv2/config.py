@@ -187,10 +187,18 @@ def check_known_fields(values: dict[str, Any]) -> None:
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each dataclass field (for --help texts)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
+    node = tree.body[0]
+    if not isinstance(node, ast.ClassDef):
+        raise TypeError(f"field_docs needs a class, got {cls!r}")
+    body = node.body
     docs = {}
     for stmt, nxt in zip(body, body[1:]):
-        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
             docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
     return docs
 

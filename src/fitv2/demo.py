@@ -101,6 +101,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     timings["train"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    if result.checkpoint is None:  # training always saves at its end
+        raise RuntimeError(f"training in {cfg.out} wrote no checkpoint")
     sampler = Sampler.load(result.checkpoint)
     k = sampler.model.config.num_classes
     labels = torch.arange(k)

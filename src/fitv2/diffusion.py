@@ -103,6 +103,9 @@ def ddpm_step(
     mean = c["coef_x0"] * x0 + c["coef_xt"] * x
     if i == 0:
         return mean
+    if noise is None:
+        raise ValueError(f"ddpm_step needs noise for step {i} > 0")
+    std: float | Tensor
     if var is None:
         std = math.exp(0.5 * c["log_min"])
     else:

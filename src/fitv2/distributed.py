@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as tdist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,7 +58,10 @@ def setup(device: str = "auto") -> Env:
 def _fully_shard(model: nn.Module) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    for block in model.blocks:  # one unit per block: gathered just in time, freed after
+    blocks = model.blocks
+    if not isinstance(blocks, nn.ModuleList):
+        raise TypeError(f"FSDP sharding needs a model with a ModuleList of blocks, got {type(blocks).__name__}")
+    for block in blocks:  # one unit per block: gathered just in time, freed after
         fully_shard(block)
     fully_shard(model)
 
@@ -89,7 +95,8 @@ def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Full, unsharded weights on the CPU (a collective for FSDP modules)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(model, options=_full_options())
+    # A full state dict holds plain tensors only (no DTensor shards, no nested containers).
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=_full_options()))
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -126,11 +133,11 @@ def any_true(env: Env, flag: bool) -> bool:
     return all_sum(env, float(flag)) > 0
 
 
-def broadcast_object(env: Env, obj: object) -> object:
-    """Rank 0's ``obj`` on every rank (a picklable value; the others pass anything)."""
+def broadcast_object(env: Env, obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (a picklable value; the others pass anything of the same type)."""
     if not env.distributed:
         return obj
-    box = [obj if env.is_main else None]
+    box: list[Any] = [obj if env.is_main else None]  # rank 0's value replaces None on the others
     tdist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
     return box[0]
 

@@ -164,11 +164,11 @@ def available_memory(device: torch.device | str) -> int | None:
     (and a cgroup limit, if lower); CUDA: free device memory plus what torch holds cached."""
     device = torch.device(device)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        cuda_free, _ = torch.cuda.mem_get_info(device)
+        return cuda_free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type != "cpu":
         return None
-    free = None
+    free: int | None = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -352,7 +352,7 @@ class Sampler:
             unit="step" if per_batch else "eval",
             disable=not progress,
         )
-        out = []
+        out: list[np.ndarray] = []
         with bar:
             for n, start in enumerate(batches, 1):
                 chunk = labels[start : start + batch_size]

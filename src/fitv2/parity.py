@@ -186,10 +186,10 @@ def _rope_intermediates(cfg: ModelConfig, rope: RopeScaling, size: Tensor) -> di
     if not rope.per_sample:
         out = {k: v[0] for k, v in out.items()}
         h, w = rope.target if rope.target else (int(size[..., 0].max()), int(size[..., 1].max()))
-        h, w = torch.tensor([h]), torch.tensor([w])
-        out["rope_mscale"] = yarn_mscale(torch.maximum(h, w), train_len)
-        out["rope_proportion1"] = attention_scale_factor("side", h, w, train_len)
-        out["rope_proportion2"] = attention_scale_factor("area", h, w, train_len)
+        th, tw = torch.tensor([h]), torch.tensor([w])
+        out["rope_mscale"] = yarn_mscale(torch.maximum(th, tw), train_len)
+        out["rope_proportion1"] = attention_scale_factor("side", th, tw, train_len)
+        out["rope_proportion2"] = attention_scale_factor("area", th, tw, train_len)
     return out
 
 

@@ -12,7 +12,7 @@ BACKGROUND = (255, 255, 255)
 INK = (30, 30, 30)
 
 
-def _font(size: int = 12) -> ImageFont.ImageFont:
+def _font(size: int = 12) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1

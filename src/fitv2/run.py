@@ -76,6 +76,14 @@ def step_of(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _step(folder: Path) -> int:
+    """The step of a folder known to be a checkpoint folder (named step_N)."""
+    step = step_of(folder)
+    if step is None:
+        raise ValueError(f"{folder} is not named like a checkpoint folder (step_N)")
+    return step
+
+
 def run_markers(out: str | Path) -> list[str]:
     """What shows that ``out`` already holds a run (empty for a new or unrelated folder)."""
     out = Path(out)
@@ -112,7 +120,7 @@ def step_folders(checkpoints: Path) -> list[Path]:
     if not checkpoints.is_dir():
         return []
     folders = [p for p in checkpoints.iterdir() if step_of(p) is not None and p.is_dir() and _inside(p, checkpoints)]
-    return sorted(folders, key=step_of)
+    return sorted(folders, key=_step)
 
 
 def sha256(path: Path) -> str:
@@ -257,9 +265,9 @@ def pick_resume(out: str | Path, resume: str | None) -> ResumeChoice:
     if target is None and not folders:
         return ResumeChoice(None, note)
     # A folder past the one latest names is left from before a resume of an older checkpoint.
-    bound = step_of(target) if target is not None else None
+    bound = _step(target) if target is not None else None
     order = [target] if target is not None else []
-    order += [p for p in reversed(folders) if p != target and (bound is None or step_of(p) < bound)]
+    order += [p for p in reversed(folders) if p != target and (bound is None or _step(p) < bound)]
     skipped = [note] if note else []
     for candidate in order:
         problem = checkpoint_problem(candidate)
@@ -404,8 +412,8 @@ def write_checkpoint(final: Path, write: Callable[[Path], None], keep: int) -> N
 
 def rotate(final: Path, keep: int) -> None:
     """Keep ``final`` and the ``keep`` - 1 checkpoints before it; older ones and partial folders go."""
-    current = step_of(final)
-    older = [p for p in step_folders(final.parent) if step_of(p) < current]
+    current = _step(final)
+    older = [p for p in step_folders(final.parent) if _step(p) < current]
     for old in older[: max(0, len(older) - (max(keep, 1) - 1))]:
         shutil.rmtree(old, ignore_errors=True)
     for partial in final.parent.glob("step_*.tmp"):

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, field
 from typing import Any, Literal, Union
 
@@ -115,7 +115,7 @@ def _coerce(where: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _check_bounds(where: str, value: Any, md: dict) -> None:
+def _check_bounds(where: str, value: Any, md: Mapping[str, Any]) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         if isinstance(value, tuple):
             for v in value:

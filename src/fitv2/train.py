@@ -226,9 +226,8 @@ def _on_main(env: dist.Env, fn: Callable[[], Any]) -> Any:
             result = fn()
         except Exception as err:
             error = err
-    shared = dist.broadcast_object(
-        env, ("ok", result) if error is None else ("error", str(error), isinstance(error, UserError))
-    )
+    message: tuple[Any, ...] = ("ok", result) if error is None else ("error", str(error), isinstance(error, UserError))
+    shared = dist.broadcast_object(env, message)
     if error is not None:
         raise error
     if shared[0] == "error":
@@ -384,7 +383,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             window["loss"] += loss_value
             window["n"] += 1
             totals["seconds"] = time.perf_counter() - start
-            if env.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):  # log: rank 0 only
                 now = time.perf_counter()
                 tps = window["tokens"] / max(now - window["time"], 1e-9)
                 row = {
@@ -431,14 +430,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(step, loss_value, totals["tokens"] / max(seconds, 1e-9), seconds, checkpoint)
 
 
-def _bar_unit(cfg: TrainConfig) -> str:
-    """Progress is shown in the unit of the run's budget: tokens, else seconds, else steps."""
-    return "tok" if cfg.train_tokens is not None else "s" if cfg.max_minutes is not None else "step"
-
-
 def _progress_bar(cfg: TrainConfig, step: int, totals: dict, disable: bool) -> tqdm:
-    unit = _bar_unit(cfg)
-    if unit == "tok":
+    """Progress is shown in the unit of the run's budget: tokens, else seconds, else steps."""
+    if cfg.train_tokens is not None:
         return tqdm(
             total=int(cfg.train_tokens),
             initial=int(totals["tokens"]),
@@ -447,7 +441,7 @@ def _progress_bar(cfg: TrainConfig, step: int, totals: dict, disable: bool) -> t
             unit_scale=True,
             disable=disable,
         )
-    if unit == "s":
+    if cfg.max_minutes is not None:
         return tqdm(
             total=round(cfg.max_minutes * 60),
             initial=round(totals["seconds"]),
@@ -460,10 +454,10 @@ def _progress_bar(cfg: TrainConfig, step: int, totals: dict, disable: bool) -> t
 
 
 def _advance(bar: tqdm, cfg: TrainConfig, totals: dict) -> None:
-    unit = _bar_unit(cfg)
-    if unit == "tok":
+    """One step's progress, in the unit :func:`_progress_bar` chose."""
+    if cfg.train_tokens is not None:
         bar.update(int(min(totals["tokens"], cfg.train_tokens)) - bar.n)
-    elif unit == "s":
+    elif cfg.max_minutes is not None:
         bar.update(min(round(totals["seconds"]), round(cfg.max_minutes * 60)) - bar.n)
     else:
         bar.update(1)

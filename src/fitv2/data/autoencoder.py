@@ -238,7 +238,9 @@ def load_autoencoder(
     if isinstance(spec, str | Path):
         if isinstance(recorded, dict) and recorded.get("name") == "sd-vae":
             return _from_recorded(spec, recorded, device, overrides)
-        return DiffusersVAE(spec, device=device, **overrides)
+        return DiffusersVAE(
+            spec, device=device, scaling_factor=scaling_factor, shift_factor=shift_factor, downsample=downsample
+        )
     if not isinstance(spec, dict):
         raise TypeError(f"an autoencoder spec is a dict, a path or None; got {type(spec).__name__}")
     if spec.get("name") == "pixel":

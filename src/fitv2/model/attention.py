@@ -161,7 +161,11 @@ class TorchVarlen(_Varlen):
     def default_kernel(self) -> VarlenKernel:
         from torch.nn.attention.varlen import varlen_attn
 
-        return varlen_attn
+        def kernel(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, cu_k: Tensor, max_q: int, max_k: int) -> Tensor:
+            out = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k)
+            return out[0] if isinstance(out, tuple) else out  # a tuple only with return_aux, not passed here
+
+        return kernel
 
 
 _compiled_flex = None

@@ -18,6 +18,13 @@ from .layers import Conditioning, FinalLayer, FiTBlock, LabelEmbedder, LayoutPla
 from .rope import RopeScaling, rope_tables
 
 
+def _linear(module: nn.Module) -> nn.Linear:
+    """``module``, which the architecture makes an nn.Linear (checked, for the weight initialisation)."""
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"expected an nn.Linear, got {type(module).__name__}")
+    return module
+
+
 class FiT(nn.Module):
     """FiTv2 (adaln='lora', QK-Norm, SwiGLU 8d/3) or FiT v1 (adaln='full', SwiGLU 4d) backbone.
 
@@ -31,6 +38,7 @@ class FiT(nn.Module):
         self.x_embedder = PatchEmbedder(config.token_dim, d)
         self.t_embedder = TimestepEmbedder(d)
         self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
+        self.global_adaLN_modulation: nn.Sequential | None
         if config.adaln == "lora":
             self.global_adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d, bias=config.adaln_bias))
         else:
@@ -51,16 +59,23 @@ class FiT(nn.Module):
 
         self.apply(basic)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        zero = [block.adaLN_modulation[-1] for block in self.blocks]
-        zero += [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]
+        nn.init.normal_(_linear(self.t_embedder.mlp[0]).weight, std=0.02)
+        nn.init.normal_(_linear(self.t_embedder.mlp[2]).weight, std=0.02)
+        zero = [_linear(block.adaLN_modulation[-1]) for block in self._blocks()]
+        zero += [_linear(self.final_layer.adaLN_modulation[-1]), self.final_layer.linear]
         if self.global_adaLN_modulation is not None:
-            zero.append(self.global_adaLN_modulation[-1])
+            zero.append(_linear(self.global_adaLN_modulation[-1]))
         for layer in zero:
             nn.init.zeros_(layer.weight)
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
+
+    def _blocks(self) -> list[FiTBlock]:
+        """The transformer blocks, as the type they are."""
+        blocks = [block for block in self.blocks if isinstance(block, FiTBlock)]
+        if len(blocks) != len(self.blocks):
+            raise TypeError("FiT.blocks holds a module that is not a FiTBlock")
+        return blocks
 
     def embed_time(self, t: Tensor) -> Tensor:
         if self.config.continuous_time:
