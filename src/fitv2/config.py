@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, UnknownNameError
-from .schema import check_fields
+from .schema import check_fields, refuse_unknown
 
 MLP_KINDS = ("swiglu", "swiglu-large", "gelu")
 ADALN_KINDS = ("lora", "full")
@@ -178,10 +178,7 @@ RUNTIME_FIELDS = ("grad_checkpointing",)
 
 def check_known_fields(values: dict[str, Any]) -> None:
     """Refuse keys that are not ModelConfig fields, naming the known ones."""
-    known = [f.name for f in dataclasses.fields(ModelConfig)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown model config field(s): {', '.join(unknown)}; known: {', '.join(known)}")
+    refuse_unknown(ModelConfig, values, "model config field(s)", list_known=True)
 
 
 def field_docs(cls: type) -> dict[str, str]:

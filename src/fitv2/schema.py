@@ -148,14 +148,20 @@ def check_fields(obj: Any, label: Callable[[str], str] = flag_name) -> None:
         _check_bounds(where, value, f.metadata)
 
 
+def refuse_unknown(cls: type, values: Mapping[str, Any], what: str, list_known: bool = False) -> None:
+    """A ConfigError naming the keys of ``values`` that are not fields of the dataclass ``cls``."""
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        hint = f"; known: {', '.join(known)}" if list_known else ""
+        raise ConfigError(f"unknown {what}: {', '.join(unknown)}{hint}")
+
+
 def build(cls: type, values: dict[str, Any], source: str = "options") -> Any:
     """An instance of the option dataclass ``cls`` from a mapping; unknown keys are an error."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source} must be a mapping of option names to values")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s) in {source}: {', '.join(unknown)}")
+    refuse_unknown(cls, values, f"option(s) in {source}")
     missing = [
         f.name
         for f in dataclasses.fields(cls)

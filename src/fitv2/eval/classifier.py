@@ -24,7 +24,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ..checkpoint import load_weights, read_state_dict, save_json, save_tensors
 from ..data.images import load_rgb, resize_to_budget
 from ..data.sources import list_folder, list_jsonl
+from ..schema import refuse_unknown
 
 WEIGHTS_FILE = "classifier.safetensors"
 CONFIG_FILE = "classifier.json"
@@ -65,10 +66,7 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown classifier config keys: {', '.join(unknown)}")
+        refuse_unknown(cls, data, "classifier config key(s)")
         return cls(**{**data, "widths": tuple(data.get("widths", cls.widths))})
 
 
