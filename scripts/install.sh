@@ -11,5 +11,5 @@ PY=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "${FITV2_TORCH:-torch==2.13.0}"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,text]"
 .venv/bin/python -c "import fitv2, torch; print(f'fitv2 {fitv2.__version__} with torch {torch.__version__} installed in .venv')"

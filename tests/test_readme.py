@@ -62,3 +62,11 @@ def test_every_cli_command_has_an_example_in_the_readme():
     blocks = README.read_text().split("```")[1::2]  # the fenced code blocks
     examples = {m.group(1) for block in blocks for m in re.finditer(r"^\s*fitv2 ([a-z-]+)", block, re.M)}
     assert set(sub.choices) <= examples, f"commands without a README example: {set(sub.choices) - examples}"
+
+
+def test_ci_runs_the_readme_test_command():
+    block = README.read_text().split("## Quick start", 1)[1].split("```", 2)[1]
+    command = [line for line in block.splitlines() if "pytest" in line]
+    assert len(command) == 1
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert command[0].strip() in [line.strip() for line in ci.splitlines()]
