@@ -47,7 +47,7 @@ class ModelConfig:
     num_classes: int = 1000
     """Class labels; the embedding table has one extra row, the null class = num_classes."""
     class_dropout_prob: float = 0.1
-    """Probability of replacing a label by the null class during training (for CFG)."""
+    """Probability of replacing a label by the null class (a caption by the empty one) in training, for CFG."""
     learn_sigma: bool = False
     """FiT v1: output 2·C channels (epsilon and variance interpolation)."""
     qk_norm: str | None = "layernorm"
@@ -74,6 +74,12 @@ class ModelConfig:
     """t ∈ [0, 1] (rectified flow, clamped after time shifting); False passes DDPM steps as they are."""
     time_shifting: float = 1.0
     """Warp of the time fed to the embedder, t → s·t / (1 + (s−1)·t) (reference knob, 1 = off)."""
+    text_dim: int = 0
+    """Features per token of the text encoder; 0 = class-conditional. A text-to-image model (FiTv2
+    §III-E) projects the caption's tokens into the sequence and pools them in place of the class."""
+    text_len: int = 0
+    """Text slots per image M (77 for CLIP-L): slot m at RoPE position (m, m), image token (i, j) at
+    (M + i, M + j)."""
 
     def __post_init__(self) -> None:
         # Types first: a JSON or KEY=VALUE 'abc' for an int field is an error, not a crash later.
@@ -90,12 +96,21 @@ class ModelConfig:
                 raise ConfigError(f"model {name} must be positive; got {getattr(self, name)}")
         if not 0 <= self.class_dropout_prob < 1:
             raise ConfigError(f"model class_dropout_prob must be in [0, 1); got {self.class_dropout_prob}")
+        if self.text_dim < 0 or self.text_len < 0 or (self.text_dim > 0) != (self.text_len > 0):
+            raise ConfigError(
+                f"model text_dim and text_len must both be 0 (class labels) or both positive; "
+                f"got {self.text_dim} and {self.text_len}"
+            )
         if self.adaln_lora_dim is not None and self.adaln_lora_dim < 1:
             raise ConfigError(f"model adaln_lora_dim must be at least 1; got {self.adaln_lora_dim}")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 4:
             raise ConfigError(f"head_dim {self.head_dim} (hidden_size / num_heads) must be divisible by 4 for 2D RoPE")
+
+    @property
+    def text_conditional(self) -> bool:
+        return self.text_dim > 0
 
     @property
     def head_dim(self) -> int:

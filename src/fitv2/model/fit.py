@@ -12,9 +12,19 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ModelConfig, Runtime
+from ..text import TextFeatures
 from ..tokens import TokenLayout
 from .attention import choose_attention
-from .layers import Conditioning, FinalLayer, FiTBlock, LabelEmbedder, LayoutPlan, PatchEmbedder, TimestepEmbedder
+from .layers import (
+    CaptionEmbedder,
+    Conditioning,
+    FinalLayer,
+    FiTBlock,
+    LabelEmbedder,
+    LayoutPlan,
+    PatchEmbedder,
+    TimestepEmbedder,
+)
 from .rope import RopeScaling, rope_tables
 
 
@@ -37,7 +47,13 @@ class FiT(nn.Module):
         d = config.hidden_size
         self.x_embedder = PatchEmbedder(config.token_dim, d)
         self.t_embedder = TimestepEmbedder(d)
-        self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
+        # The condition: a class label, or a caption's tokens (text-to-image, FiTv2 §III-E).
+        self.y_embedder: LabelEmbedder | None = None
+        self.caption_embedder: CaptionEmbedder | None = None
+        if config.text_conditional:
+            self.caption_embedder = CaptionEmbedder(config.text_dim, config.text_len, d, config.class_dropout_prob)
+        else:
+            self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
         self.global_adaLN_modulation: nn.Sequential | None
         if config.adaln == "lora":
             self.global_adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d, bias=config.adaln_bias))
@@ -58,7 +74,8 @@ class FiT(nn.Module):
                     nn.init.zeros_(module.bias)
 
         self.apply(basic)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(_linear(self.t_embedder.mlp[0]).weight, std=0.02)
         nn.init.normal_(_linear(self.t_embedder.mlp[2]).weight, std=0.02)
         zero = [_linear(block.adaLN_modulation[-1]) for block in self._blocks()]
@@ -91,13 +108,33 @@ class FiT(nn.Module):
             y = y[:, None]
             label_drop = label_drop[:, None] if label_drop is not None else None
         t = t.expand(y.shape) if t.shape[1] < y.shape[1] else t
+        if self.y_embedder is None:
+            raise TypeError("a text-to-image model is conditioned on TextFeatures, not class labels")
         return self.embed_time(t) + self.y_embedder(y, self.training, label_drop)
+
+    def text_conditioning(
+        self, t: Tensor, text: TextFeatures, layout: TokenLayout, label_drop: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """c = t_emb + the mean of the caption's tokens (B, n, D); the text tokens placed in their slots
+        (B, N, D); and which slots hold a token (B, N). ``text`` holds (B, M, Dt) or (B, n, M, Dt)."""
+        if self.caption_embedder is None:
+            raise TypeError("a class-conditional model takes class labels, not TextFeatures")
+        if layout.text is None:
+            raise ValueError("a text-to-image model needs a layout with text slots (text_len > 0)")
+        features, mask = text.features, text.mask
+        if features.dim() == 3:  # one image per row
+            features, mask = features[:, None], mask[:, None]
+            label_drop = label_drop[:, None] if label_drop is not None and label_drop.dim() == 1 else label_drop
+        tokens, pooled, mask = self.caption_embedder(features, mask, self.training, label_drop)
+        t = t[:, None] if t.dim() == 1 else t
+        t = t.expand(mask.shape[:2]) if t.shape[1] < mask.shape[1] else t
+        return self.embed_time(t) + pooled, layout.place_text(tokens), layout.place_text(mask)
 
     def forward(
         self,
         x: Tensor,
         t: Tensor,
-        y: Tensor,
+        y: Tensor | TextFeatures,
         layout: TokenLayout,
         rope: RopeScaling | None = None,
         label_drop: Tensor | None = None,
@@ -105,14 +142,22 @@ class FiT(nn.Module):
         """Velocity (or epsilon and variance for v1) per token.
 
         x: (B, N, p²·C) tokens, (c, p1, p2) order.   t: (B,) or (B, n) time.
-        y: (B,) or (B, n) labels (num_classes = null).   layout: where each token sits (:class:`TokenLayout`).
+        y: (B,) or (B, n) labels (num_classes = null), or a caption's :class:`TextFeatures` for a
+        text-to-image model.   layout: where each token sits (:class:`TokenLayout`).
         rope: extrapolation method (default: none, the training tables).
-        label_drop: which labels to replace by the null class (training; default random).
+        label_drop: which labels (captions) to replace by the null class (the empty caption); in
+        training, default random.
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
-        plan = self.plan(layout, rope)
         x = self.x_embedder(x)  # (B, N, D)
-        c = self.conditioning(t, y, label_drop)  # (B, n, D)
+        text_valid = None
+        if isinstance(y, TextFeatures):
+            c, text_tokens, text_valid = self.text_conditioning(t, y, layout, label_drop)
+            assert layout.text is not None  # checked by text_conditioning
+            x = torch.where(layout.text[..., None], text_tokens.to(x.dtype), x)  # text tokens in their slots
+        else:
+            c = self.conditioning(t, y, label_drop)  # (B, n, D)
+        plan = self.plan(layout, rope, text_valid)
         cond = Conditioning(c, self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0)
         for block in self.blocks:
             if self.runtime.grad_checkpointing and self.training:
@@ -122,11 +167,14 @@ class FiT(nn.Module):
         x = self.final_layer(x, cond, plan)  # (B, N, p²·C_out)
         return x * layout.mask[..., None].to(x.dtype)
 
-    def plan(self, layout: TokenLayout, rope: RopeScaling | None = None) -> LayoutPlan:
+    def plan(
+        self, layout: TokenLayout, rope: RopeScaling | None = None, text_valid: Tensor | None = None
+    ) -> LayoutPlan:
         """The layout prepared for the blocks: RoPE tables and the attention kernel, once per forward pass."""
         cfg = self.config
         cos, sin = rope_tables(layout, cfg.head_dim, cfg.rope_theta, rope or RopeScaling(), cfg.rope_train_len)
-        return LayoutPlan.build(layout, cos, sin, choose_attention(self.runtime.attention, layout.attention_segment()))
+        attention = choose_attention(self.runtime.attention, layout.attention_segment(text_valid))
+        return LayoutPlan.build(layout, cos, sin, attention, text_valid)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -78,21 +78,27 @@ def gate_tokens(h: Tensor, gate: Tensor, rows: Tensor | None) -> Tensor:
 @dataclass
 class LayoutPlan:
     """A batch's token layout prepared once per forward pass for every block: its RoPE tables, its
-    attention kernel, and the row of each token's image in the flattened per-image tables."""
+    attention kernel, the tokens in context, and the row of each token's image in the flattened
+    per-image tables."""
 
     layout: TokenLayout
     cos: Tensor  # (B, N|1, head_dim) float32
     sin: Tensor
     attention: AttentionBackend
     rows: Tensor | None  # (B·N,) index into (B·n, ·) per-image tables; None = one image per row
+    mask: Tensor  # (B, N) float: tokens in context (image tokens and the text slots holding a token)
 
     @classmethod
-    def build(cls, layout: TokenLayout, cos: Tensor, sin: Tensor, attention: AttentionBackend) -> LayoutPlan:
-        return cls(layout, cos, sin, attention, layout.flat_image_index())
-
-    @property
-    def mask(self) -> Tensor:
-        return self.layout.mask
+    def build(
+        cls,
+        layout: TokenLayout,
+        cos: Tensor,
+        sin: Tensor,
+        attention: AttentionBackend,
+        text_valid: Tensor | None = None,
+    ) -> LayoutPlan:
+        mask = layout.mask if layout.text is None else layout.in_context(text_valid).to(layout.mask.dtype)
+        return cls(layout, cos, sin, attention, layout.flat_image_index(), mask)
 
 
 class Conditioning(NamedTuple):
@@ -180,6 +186,51 @@ class LabelEmbedder(nn.Module):
         if drop is not None:
             labels = torch.where(drop, self.num_classes, labels)
         return self.embedding_table(labels)
+
+
+class CaptionEmbedder(nn.Module):
+    """Caption tokens -> d-dim text tokens (the MLP of FiTv2 §III-E), and their mean, which takes the
+    place of the class embedding. The empty caption's features are a buffer, saved with the weights:
+    training replaces a caption by it with ``dropout_prob`` and guidance samples against it."""
+
+    null_features: Tensor  # (M, Dt) buffers
+    null_mask: Tensor  # (M,) bool
+
+    def __init__(self, text_dim: int, text_len: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.dropout_prob = dropout_prob
+        self.mlp = nn.Sequential(
+            nn.Linear(text_dim, hidden_size), nn.GELU(approximate="tanh"), nn.Linear(hidden_size, hidden_size)
+        )
+        self.register_buffer("null_features", torch.zeros(text_len, text_dim))
+        self.register_buffer("null_mask", torch.zeros(text_len, dtype=torch.bool))
+
+    def set_null(self, features: Tensor, mask: Tensor) -> None:
+        """Record the encoder's features of the empty caption (text_len, text_dim) and its mask."""
+        self.null_features.copy_(features)
+        self.null_mask.copy_(mask)
+
+    def null(self, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """The empty caption for images of ``shape`` (B,) or (B, n): features (*shape, M, Dt), mask (*shape, M)."""
+        M, Dt = self.null_features.shape
+        return self.null_features.expand(*shape, M, Dt), self.null_mask.expand(*shape, M)
+
+    def forward(
+        self, features: Tensor, mask: Tensor, train: bool, drop: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """features (B, n, M, Dt) and mask (B, n, M) -> text tokens (B, n, M, D), their masked mean
+        (B, n, D), and the mask after dropout. ``drop`` (B, n) bool forces which captions become the
+        empty one; without it, training drops each with ``dropout_prob``."""
+        if drop is None and train and self.dropout_prob > 0:
+            drop = torch.rand(mask.shape[:2], device=mask.device) < self.dropout_prob
+        if drop is not None:
+            null_features, null_mask = self.null(tuple(mask.shape[:2]))
+            features = torch.where(drop[..., None, None], null_features.to(features.dtype), features)
+            mask = torch.where(drop[..., None], null_mask, mask)
+        tokens = self.mlp(features)  # (B, n, M, D)
+        weight = mask[..., None].to(tokens.dtype)
+        pooled = (tokens * weight).sum(-2) / weight.sum(-2).clamp(min=1)  # (B, n, D)
+        return tokens, pooled, mask
 
 
 class Attention(nn.Module):
