@@ -122,3 +122,42 @@ def _unchanged(root: Path):
     before = listing()
     yield
     assert listing() == before, f"a test changed the shared folder {root}: copy it (shutil.copytree) first"
+
+
+def make_tiny_clip(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised CLIP text model and a character-level CLIP tokenizer, saved as
+    transformers saves CLIP-L (``clip:FOLDER`` loads it)."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    # GPT-2's byte-to-unicode table: every byte a printable character, as CLIP's BPE expects.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(256 - len(printable))]
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per character
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    torch.manual_seed(seed)
+    CLIPTextModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A tiny random CLIP text model folder (32-d, 2 layers), loadable as ``clip:PATH``."""
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip")
