@@ -65,6 +65,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     opts = PrepareOptions.from_dict(given(args, PrepareOptions))
     opts.check_environment()
     from .data.autoencoder import load_autoencoder
+    from .data.index import DatasetIndex
     from .data.prepare import prepare
 
     pixel = opts.autoencoder == "pixel"
@@ -82,6 +83,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         for name in ("index.json", "items.jsonl"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "shards", ignore_errors=True)
+        shutil.rmtree(out / "text", ignore_errors=True)
     report = prepare(
         opts.source,
         out,
@@ -91,8 +93,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         split=opts.split,
         min_tokens=opts.min_tokens,
         workers=opts.workers,
+        text_encoder=opts.text_encoder,
+        captions=opts.captions,
     )
     print(f"{report.images} images -> {report.sequences} sequences, {report.tokens:,} tokens in {out}")
+    if opts.text_encoder:
+        index = DatasetIndex.load(out)
+        print(f"captions: {index.images} encoded by {opts.text_encoder}, {index.text_len} tokens × {index.text_dim}")
     for reason, count in sorted(report.skipped.items(), key=lambda kv: -kv[1]):
         print(f"  skipped {count:5d}  {reason}  (e.g. {report.examples[reason][0]})")
     return 0
@@ -176,10 +183,23 @@ def cmd_sample(args: argparse.Namespace) -> int:
         autoencoder=opts.autoencoder,
         device=opts.device,
         runtime=Runtime(attention=opts.attention),
+        text_encoder=opts.text_encoder,
     )
     for height, width in sizes:  # fail before any work on a bad size
         check_size(height, width, sampler.unit)
-    labels = sampler.labels(per_class=opts.per_class, num=opts.num, labels=opts.label_list, seed=opts.seed)
+    prompts = opts.prompts()
+    if sampler.text_conditional and prompts is None:
+        raise ConfigError("this is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if prompts is not None and not sampler.text_conditional:
+        raise ConfigError("this model is class-conditional: use --labels or --per-class, not --prompt")
+    labels = None
+    condition: Any  # class labels (a tensor) or caption features
+    if prompts is None:
+        labels = sampler.labels(per_class=opts.per_class, num=opts.num, labels=opts.label_list, seed=opts.seed)
+        condition = labels
+    else:
+        condition = sampler.encode_prompts(prompts)
+    count = len(condition)
     guidance = Guidance(
         scale=opts.cfg_scale,
         channels=opts.guidance_channels,
@@ -206,15 +226,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     rope_name = opts.rope if opts.rope is not None else sampler.training_rope
     rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
-    sampler.check_memory(
-        sizes, min(opts.batch_size, len(labels)), guidance, solver, num_images=len(labels), force=opts.force
-    )
+    sampler.check_memory(sizes, min(opts.batch_size, count), guidance, solver, num_images=count, force=opts.force)
     results = {}
     for height, width in sizes:
         results[(height, width)] = sampler.generate(
             height,
             width,
-            labels,
+            condition,
             solver,
             guidance,
             rope,
@@ -223,8 +241,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             progress=opts.progress,
             force=opts.force,
         )
-    grid = write_samples(opts.out, results, labels, sampler.class_names)
-    print(f"{len(labels)} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
+    grid = write_samples(opts.out, results, labels, sampler.class_names, prompts=prompts)
+    print(f"{count} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .text import TextFeatures
 from .tokens import TokenLayout
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -77,7 +78,7 @@ class FlowLoss:
 def flow_loss(
     model,
     x1: Tensor,
-    y: Tensor,
+    y: Tensor | TextFeatures,
     layout: TokenLayout,
     *,
     time_sampler: TimeSampler = TimeSampler(),
@@ -88,6 +89,8 @@ def flow_loss(
 ) -> FlowLoss:
     """Rectified-flow loss of ``model`` on clean tokens x1 (B, N, C) laid out as ``layout``.
 
+    y: class labels, or caption features for a text-to-image model (loss on image tokens only:
+    ``layout.mask`` holds no text slot).
     t: per image, (B,) or (B, n) for packed rows; drawn from ``time_sampler`` if not given.
     x0: the noise; drawn if not given (padding gets noise too, as in the reference).
     """

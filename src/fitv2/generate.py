@@ -9,8 +9,10 @@ it needs is estimated and compared with what the device has free (:func:`estimat
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from .model.rope import NAMED_SCALINGS, RopeScaling
 from .plot import image_grid
 from .sampling import Guidance, SolverConfig, sample_tokens
 from .seeds import generator
+from .text import TextFeatures, load_text_encoder, parse_text_encoder
 from .tokens import unpatchify
 
 
@@ -221,6 +224,11 @@ class Sampler:
     autoencoder: Autoencoder
     class_names: list[str]
     training_rope: str = "none"
+    text_encoder: dict | None = None  # a text-to-image model's caption encoder (spec), from its dataset
+
+    @property
+    def text_conditional(self) -> bool:
+        return self.model.config.text_conditional
 
     @property
     def unit(self) -> int:
@@ -239,9 +247,11 @@ class Sampler:
         autoencoder: str | None = None,
         device: str = "cpu",
         runtime: Runtime = Runtime(),
+        text_encoder: str | None = None,
         **overrides,
     ) -> Sampler:
-        """``runtime``: how the model runs (attention kernel); the weights and config come from the checkpoint."""
+        """``runtime``: how the model runs (attention kernel); the weights and config come from the checkpoint.
+        ``text_encoder``: 'minilm' / 'clip:PATH' in place of the one recorded (a CLIP folder that moved)."""
         path = Path(checkpoint)
         if path.is_dir() and (path / "config.json").is_file():
             saved = json.loads((path / "config.json").read_text())
@@ -266,7 +276,33 @@ class Sampler:
                 f"{ae.channels}; pass --autoencoder (a VAE folder, or 'pixel')"
             )
         names = meta.get("class_names") or [str(i) for i in range(model.config.num_classes)]
-        return cls(model, ae, names, rope.lower())
+        spec = parse_text_encoder(text_encoder) if text_encoder else meta.get("text_encoder")
+        if model.config.text_conditional and spec is None:
+            raise UserError(f"{path} is a text-to-image model that records no text encoder; pass --text-encoder")
+        return cls(model, ae, names, rope.lower(), spec if model.config.text_conditional else None)
+
+    def encode_prompts(self, prompts: list[str]) -> TextFeatures:
+        """The model's caption features of ``prompts`` (B, M, dim), from its own text encoder; a prompt
+        longer than the model's M text tokens is cut, with a warning."""
+        cfg = self.model.config
+        if not cfg.text_conditional or self.text_encoder is None:
+            raise ConfigError("this model is class-conditional: sample it with class labels, not prompts")
+        if not prompts:
+            raise ConfigError("no prompts given")
+        encoder = load_text_encoder(self.text_encoder, self.device)
+        if encoder.dim != cfg.text_dim:
+            raise UserError(
+                f"the {encoder.name} text encoder gives {encoder.dim} features per token;"
+                f" the model takes {cfg.text_dim}"
+            )
+        long = [(p, n) for p, n in zip(prompts, encoder.token_counts(prompts)) if n > cfg.text_len]
+        if long and not encoder.full_context:
+            listed = "; ".join(f"{p[:40]!r} ({n})" for p, n in long[:3])
+            warnings.warn(
+                f"{len(long)} prompt(s) exceed the model's {cfg.text_len} text tokens and are cut: {listed}",
+                stacklevel=2,
+            )
+        return encoder.encode(list(prompts), cfg.text_len)
 
     def labels(
         self, per_class: int | None = None, num: int | None = None, labels: list[int] | None = None, seed: int = 0
@@ -320,7 +356,7 @@ class Sampler:
         self,
         height: int,
         width: int,
-        labels: torch.Tensor,
+        labels: torch.Tensor | TextFeatures,
         solver: SolverConfig = SolverConfig(),
         guidance: Guidance = Guidance(),
         rope: RopeScaling | None = None,
@@ -329,7 +365,7 @@ class Sampler:
         progress: bool = True,
         force: bool = False,
     ) -> np.ndarray:
-        """uint8 images (N, H, W, 3).
+        """uint8 images (N, H, W, 3), one per label (or per caption: :meth:`encode_prompts`).
 
         Sample i's noise (initial and, for SDE and DDPM, every step's) comes from its own generator
         seeded by (seed, height, width, i), and images are decoded one at a time, so with the fixed-step
@@ -379,23 +415,46 @@ class Sampler:
 def write_samples(
     out: str | Path,
     results: dict[tuple[int, int], np.ndarray],
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     class_names: list[str],
     grid_columns: int = 16,
+    prompts: list[str] | None = None,
 ) -> Path:
-    """PNGs in OUT/HxW/, OUT/HxW.npz (arr_0 uint8 NHWC, arr_1 labels), OUT/grid.png across sizes."""
+    """PNGs in OUT/HxW/, OUT/HxW.npz (arr_0 uint8 NHWC, arr_1 labels), OUT/grid.png across sizes.
+
+    With ``prompts`` (a text-to-image model; ``labels`` None): PNGs named by index, the prompts in
+    OUT/prompts.txt (line i = image i) and in each npz as ``prompts``; grid rows are the prompts."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for (height, width), images in results.items():
         folder = out / f"{height}x{width}"
         folder.mkdir(exist_ok=True)
         for i, im in enumerate(images):
-            Image.fromarray(im).save(folder / f"{i:06d}_{int(labels[i])}.png")
-        np.savez(out / f"{height}x{width}.npz", arr_0=images, arr_1=labels.numpy())
-    cols = min(grid_columns, len(labels))
-    rows = [list(images[:cols]) for images in results.values()]
-    row_names = [f"{h}x{w}" for h, w in results]
-    col_names = [class_names[int(y)] for y in labels[:cols]]
-    grid = image_grid(rows, row_names, col_names, min_cell=64)
+            name = f"{i:06d}.png" if labels is None else f"{i:06d}_{int(labels[i])}.png"
+            Image.fromarray(im).save(folder / name)
+        arrays: dict[str, Any] = {"arr_0": images}
+        if labels is not None:
+            arrays["arr_1"] = labels.numpy()
+        if prompts is not None:
+            arrays["prompts"] = np.array(prompts)
+        np.savez(out / f"{height}x{width}.npz", **arrays)
+    if prompts is not None:
+        (out / "prompts.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts))
+        grid = prompt_grid(results, prompts[:grid_columns])
+    else:
+        assert labels is not None
+        cols = min(grid_columns, len(labels))
+        rows = [list(images[:cols]) for images in results.values()]
+        row_names = [f"{h}x{w}" for h, w in results]
+        col_names = [class_names[int(y)] for y in labels[:cols]]
+        grid = image_grid(rows, row_names, col_names, min_cell=64)
     grid.save(out / "grid.png")
     return out / "grid.png"
+
+
+def prompt_grid(results: dict[tuple[int, int], np.ndarray], prompts: list[str], max_label: int = 48) -> Image.Image:
+    """One row per prompt (labelled with it), one column per size."""
+    smallest = min(min(h, w) for h, w in results)
+    rows = [[images[i] for images in results.values()] for i in range(len(prompts))]
+    labels = [p if len(p) <= max_label else p[: max_label - 1] + "…" for p in prompts]
+    return image_grid(rows, labels, [f"{h}x{w}" for h, w in results], scale=max(1, -(-64 // smallest)))

@@ -127,6 +127,12 @@ class ModelsOptions(Options):
         check_fields(self)
 
 
+def check_text_encoder(value: str) -> None:
+    """'minilm' or 'clip:PATH' (the folder is checked with the environment)."""
+    if value != "minilm" and not (value.startswith("clip:") and len(value) > 5):
+        raise ConfigError(f"--text-encoder must be 'minilm' or 'clip:PATH'; got {value!r}")
+
+
 @dataclass
 class PrepareOptions(Options):
     source: str = opt(
@@ -151,10 +157,20 @@ class PrepareOptions(Options):
     downsample: int | None = opt(
         None, ge=1, help="VAE spatial down-sampling (not set: from the VAE config, checked against an encoded image)"
     )
+    text_encoder: str | None = opt(
+        None,
+        help="encode every caption for the text-to-image model: 'minilm' (offline) or 'clip:PATH' "
+        "(a local CLIP text model folder, e.g. CLIP-L)",
+    )
+    captions: Literal["caption", "filename"] = opt(
+        "caption", help="caption text: a JSONL row's 'caption' (else its file name), or always the file name"
+    )
     overwrite: bool = opt(False, help="replace an existing dataset in OUT")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.text_encoder is not None:
+            check_text_encoder(self.text_encoder)
         if self.autoencoder == "pixel":
             for name in ("scaling_factor", "shift_factor", "downsample"):
                 if getattr(self, name) is not None:
@@ -167,6 +183,8 @@ class PrepareOptions(Options):
         if self.autoencoder != "pixel":
             check_exists(self.autoencoder, "VAE folder")
         check_output_dir(self.out, "OUT")
+        if self.text_encoder is not None and self.text_encoder.startswith("clip:"):
+            check_exists(self.text_encoder[5:], "CLIP text model folder")
         if (Path(self.out) / "index.json").exists() and not self.overwrite:
             raise UserError(f"{self.out} already holds a token dataset; choose another OUT or pass --overwrite")
         check_device(self.device)
@@ -328,6 +346,16 @@ class SampleOptions(Options):
     labels: str | None = opt(None, help="comma-separated class ids (not set: random)")
     per_class: int | None = opt(None, ge=1, help="this many samples of every class")
     num: int = opt(8, ge=1, help="number of random-class samples")
+    prompt: list[str] | None = opt(
+        None,
+        metavar="TEXT",
+        help="text-to-image model: a prompt (repeat the flag for more); each is sampled at every size",
+    )
+    prompts_file: str | None = opt(None, help="text-to-image model: a file of prompts, one a line")
+    text_encoder: str | None = opt(
+        None,
+        help="'minilm' or 'clip:PATH' instead of the text encoder the model records (e.g. a CLIP folder that moved)",
+    )
     cfg_scale: float = opt(1.0, ge=0, help="classifier-free guidance scale (1 = off)")
     guidance_channels: Literal["all", "reference"] = opt(
         "all", help="'reference' guides latent channels 0-2 only, as the released samplers"
@@ -370,6 +398,12 @@ class SampleOptions(Options):
             )
         self.size_list  # noqa: B018  (parses --sizes)
         self.label_list  # noqa: B018
+        if self.text_encoder is not None:
+            check_text_encoder(self.text_encoder)
+        if self.prompt is not None and any(not p.strip() for p in self.prompt):
+            raise ConfigError("--prompt must not be empty (guidance already samples against the empty caption)")
+        if (self.prompt or self.prompts_file) and (self.labels is not None or self.per_class is not None):
+            raise ConfigError("--prompt/--prompts-file and --labels/--per-class do not go together")
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -401,10 +435,29 @@ class SampleOptions(Options):
             raise ConfigError(f"--labels must be non-negative class ids; got {self.labels!r}")
         return labels
 
+    def prompts(self) -> list[str] | None:
+        """--prompt values, then the lines of --prompts-file (blank lines skipped); None if neither."""
+        if self.prompt is None and self.prompts_file is None:
+            return None
+        prompts = [p.strip() for p in self.prompt or []]
+        if self.prompts_file is not None:
+            try:
+                text = Path(self.prompts_file).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"--prompts-file {self.prompts_file} is not a UTF-8 text file") from None
+            prompts += [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise UserError(f"--prompts-file {self.prompts_file} holds no prompts")
+        return prompts
+
     def check_environment(self) -> None:
         check_exists(self.checkpoint, "checkpoint")
         if self.autoencoder not in (None, "pixel"):
             check_exists(self.autoencoder, "VAE folder")
+        if self.prompts_file is not None:
+            check_exists(self.prompts_file, "prompts file")
+        if self.text_encoder is not None and self.text_encoder.startswith("clip:"):
+            check_exists(self.text_encoder[5:], "CLIP text model folder")
         check_output_dir(self.out)
         check_device(self.device)
         check_attention(self.attention, self.device)

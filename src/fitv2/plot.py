@@ -33,7 +33,8 @@ def image_grid(
     title: str | None = None,
     scale: int | None = None,
 ) -> Image.Image:
-    """Rows of uint8 (H, W, 3) images; images in a row share a size, rows may differ.
+    """Rows of uint8 (H, W, 3) images; rows may differ in size, and so may the images of a row
+    (each is centred in its row and column; give ``scale`` then, so that one factor serves all).
 
     Small images are enlarged by an integer factor so the shorter side is at least
     ``min_cell`` pixels (or all by ``scale``, keeping relative sizes); each row is labelled on the
@@ -56,7 +57,8 @@ def image_grid(
     col_w = [max(row[c].shape[1] for row in scaled if c < len(row)) for c in range(columns)]
     col_x = [label_w + pad + sum(w + pad for w in col_w[:c]) for c in range(columns)]
     width = label_w + sum(w + pad for w in col_w) + pad
-    height = top + sum(row[0].shape[0] + pad for row in scaled) + pad
+    row_h = [max(im.shape[0] for im in row) for row in scaled]
+    height = top + sum(h + pad for h in row_h) + pad
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     if title:
@@ -67,10 +69,12 @@ def image_grid(
     y = top + pad
     for r, row in enumerate(scaled):
         if row_labels:
-            draw.text((pad, y + row[0].shape[0] // 2 - 6), row_labels[r], fill=INK, font=font)
+            draw.text((pad, y + row_h[r] // 2 - 6), row_labels[r], fill=INK, font=font)
         for c, im in enumerate(row):
-            canvas.paste(Image.fromarray(im), (col_x[c] + (col_w[c] - im.shape[1]) // 2, y))
-        y += row[0].shape[0] + pad
+            canvas.paste(
+                Image.fromarray(im), (col_x[c] + (col_w[c] - im.shape[1]) // 2, y + (row_h[r] - im.shape[0]) // 2)
+            )
+        y += row_h[r] + pad
     return canvas
 
 

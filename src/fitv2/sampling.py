@@ -23,6 +23,7 @@ from torch import Tensor
 from .diffusion import Diffusion, Generators, ddpm_sample, gaussian
 from .errors import ConfigError
 from .model.rope import RopeScaling
+from .text import TextFeatures
 from .tokens import TokenBatch, TokenLayout, image_layout
 
 GUIDED_CHANNELS = ("all", "reference")
@@ -94,7 +95,7 @@ class VelocityField:
     def __init__(
         self,
         model,
-        y: Tensor,
+        y: Tensor | TextFeatures,
         layout: TokenLayout,
         guidance: Guidance = Guidance(),
         rope: RopeScaling | None = None,
@@ -117,13 +118,19 @@ class VelocityField:
         self.evaluations += 1
         if not self.guidance.active(float(t_flow[0])):
             return self.model(x, t_model, self.y, self.layout, rope=self.rope)
-        y_null = torch.full_like(self.y, self.null_label)
         out = self.model(
-            torch.cat([x, x]), torch.cat([t_model, t_model]), torch.cat([self.y, y_null]), self.doubled, rope=self.rope
+            torch.cat([x, x]), torch.cat([t_model, t_model]), self.doubled_y(), self.doubled, rope=self.rope
         )
         cond, uncond = out.chunk(2)
         guided = self.guidance.guided_features(self.model.config.patch_size) or self.out_channels
         return apply_guidance(cond, uncond, self.guidance.scale_at(t_flow), guided)
+
+    def doubled_y(self) -> Tensor | TextFeatures:
+        """The condition, then the null condition: the null class, or the empty caption."""
+        if isinstance(self.y, TextFeatures):
+            features, mask = self.model.caption_embedder.null(tuple(self.y.mask.shape[:-1]))
+            return TextFeatures(torch.cat([self.y.features, features]), torch.cat([self.y.mask, mask]))
+        return torch.cat([self.y, torch.full_like(self.y, self.null_label)])
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         tb = torch.as_tensor(t, dtype=torch.float32).to(x.device).expand(x.shape[0])  # (B,)
@@ -300,11 +307,20 @@ def integrate(f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_
 
 
 def noise_tokens(
-    batch_size: int, h: int, w: int, token_dim: int, generator: Generators = None, noise: Tensor | None = None
+    batch_size: int,
+    h: int,
+    w: int,
+    token_dim: int,
+    generator: Generators = None,
+    noise: Tensor | None = None,
+    text_len: int = 0,
 ) -> TokenBatch:
-    """Sampling inputs on the CPU: B images of h × w tokens (no padding), Gaussian unless ``noise`` is given."""
+    """Sampling inputs on the CPU: B images of h × w tokens (no padding), Gaussian unless ``noise`` is given;
+    with ``text_len`` M, each image's M text slots after its tokens (zeros: the model puts the caption there)."""
     x = noise if noise is not None else gaussian((batch_size, h * w, token_dim), generator)
-    return TokenBatch(x, image_layout(batch_size, h, w))
+    if text_len:
+        x = torch.cat([x, x.new_zeros(batch_size, text_len, token_dim)], dim=1)
+    return TokenBatch(x, image_layout(batch_size, h, w, text_len))
 
 
 @torch.no_grad()
@@ -312,7 +328,7 @@ def sample_tokens(
     model,
     h: int,
     w: int,
-    labels: Tensor,
+    labels: Tensor | TextFeatures,
     *,
     solver: SolverConfig = SolverConfig(),
     guidance: Guidance = Guidance(),
@@ -322,7 +338,8 @@ def sample_tokens(
     progress: bool = False,
     on_step: StepCallback = None,
 ) -> Tensor:
-    """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label.
+    """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label (or, for a
+    text-to-image model, one per caption of ``labels``: :class:`TextFeatures` (B, M, dim)).
 
     generator: one for the whole batch, or a sequence of one per sample (sample i's initial noise and
     step noise then come from generator i alone). noise: the initial noise (B, h·w, p²·C) instead.
@@ -338,11 +355,17 @@ def sample_tokens(
         raise ConfigError(
             "solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, dopri5 or sde"
         )
-    if not isinstance(generator, torch.Generator | None) and len(generator) != labels.shape[0]:
-        raise ValueError(f"{len(generator)} generators for {labels.shape[0]} samples")
+    text_len = model.config.text_len
+    if isinstance(labels, TextFeatures) != (text_len > 0):
+        need = "caption features (TextFeatures)" if text_len else "class labels"
+        raise ConfigError(f"this model is conditioned on {need}")
+    if isinstance(labels, TextFeatures) and labels.mask.shape[-1] != text_len:
+        raise ValueError(f"captions of {labels.mask.shape[-1]} tokens for a model with {text_len} text slots")
+    if not isinstance(generator, torch.Generator | None) and len(generator) != len(labels):
+        raise ValueError(f"{len(generator)} generators for {len(labels)} samples")
     device = next(model.parameters()).device
     labels = labels.to(device)
-    tokens = noise_tokens(labels.shape[0], h, w, model.config.token_dim, generator, noise).to(device)
+    tokens = noise_tokens(len(labels), h, w, model.config.token_dim, generator, noise, text_len).to(device)
     field_ = VelocityField(model, labels, tokens.layout, guidance, rope)
     bar = None
     if progress and on_step is None:
@@ -355,7 +378,7 @@ def sample_tokens(
             return ddpm_sample(
                 field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator, on_step=on_step
             )
-        return integrate(field_, tokens.x.float(), solver, generator, on_step)
+        return integrate(field_, tokens.x.float(), solver, generator, on_step)[:, : h * w]  # the image tokens
     finally:
         if bar is not None:
             bar.close()

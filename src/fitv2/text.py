@@ -45,6 +45,10 @@ class TextFeatures:
     def to(self, device: torch.device | str) -> TextFeatures:
         return TextFeatures(self.features.to(device), self.mask.to(device))
 
+    def __getitem__(self, index: slice | Tensor) -> TextFeatures:
+        """The prompts ``index`` selects (a slice or an index tensor)."""
+        return TextFeatures(self.features[index], self.mask[index])
+
 
 def parse_text_encoder(value: str | dict[str, Any]) -> dict[str, Any]:
     """``minilm`` / ``clip:PATH`` (or a spec dict as saved in an index or checkpoint) -> the spec dict."""

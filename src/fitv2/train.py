@@ -65,6 +65,12 @@ def check_model_config(model_cfg: ModelConfig, dataset: TokenDataset, source: st
         raise ConfigError(_ddpm_refusal(source))
     if model_cfg.num_classes != dataset.num_classes:
         raise ConfigError(f"{source} has {model_cfg.num_classes} classes, the dataset {dataset.num_classes}")
+    if (model_cfg.text_dim, model_cfg.text_len) != (dataset.index.text_dim, dataset.index.text_len):
+        what = "class labels" if not dataset.index.text_conditional else f"{dataset.index.text_encoder} captions"
+        raise ConfigError(
+            f"{source} takes text features of {model_cfg.text_dim} values × {model_cfg.text_len} tokens, the dataset "
+            f"{dataset.index.text_dim} × {dataset.index.text_len} ({what}); prepare it with the model's text encoder"
+        )
     if model_cfg.token_dim != dataset.token_dim:
         raise ConfigError(
             f"{source}: model tokens hold {model_cfg.token_dim} values but the dataset's hold "
@@ -78,11 +84,17 @@ def resolve_model_config(cfg: TrainConfig, dataset: TokenDataset) -> ModelConfig
         "num_classes": dataset.num_classes,
         "patch_size": dataset.patch_size,
         "in_channels": dataset.meta["channels"],
+        # captions encoded by `prepare --text-encoder`: the text-to-image model of FiTv2 §III-E
+        "text_dim": dataset.index.text_dim,
+        "text_len": dataset.index.text_len,
         **cfg.model,
     }
     pretrained = source_config(cfg.init_from) if cfg.init_from else None
-    if pretrained is not None:  # the architecture is the checkpoint's; it keeps its L_train
+    if pretrained is not None:  # the architecture is the checkpoint's; it keeps its L_train and text input
         source = f"--init-from {cfg.init_from}"
+        for name in ("text_dim", "text_len"):
+            if name not in cfg.model:
+                overrides.pop(name)
         try:
             model_cfg = pretrained.replace(**overrides)
         except UserError as err:
@@ -107,6 +119,9 @@ DATASET_KEYS = (
     "max_tokens",
     "num_classes",
     "class_names",
+    "text_encoder",
+    "text_dim",
+    "text_len",
 )
 # What a resumed run's dataset must share with the checkpoint's (the autoencoder is a path, free to move).
 _DATASET_CHECKED = tuple(k for k in DATASET_KEYS if k != "autoencoder")
@@ -144,6 +159,7 @@ def step_noise(
     length: int,
     time_sampler: TimeSampler,
     drop_prob: float,
+    text_len: int = 0,
 ) -> StepNoise:
     """Noise, time and label dropout of every example, drawn from (seed, step, position in the
     global batch) alone: the same numbers whatever the number of ranks, padding or packing,
@@ -163,7 +179,7 @@ def step_noise(
             drop[r, slot] = bool(torch.rand(1, generator=g)[0] < drop_prob)
             n = int(sizes[r, slot].prod())
             x0[r, start : start + n] = torch.randn(n, token_dim, generator=g)
-            start += n
+            start += n + text_len  # an image's text slots follow its tokens
     return StepNoise(x0, t.reshape(ids.shape), drop.reshape(ids.shape))
 
 
@@ -275,6 +291,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             f"finetune={cfg.finetune}: {trainable:,} of {model.num_parameters():,} parameters trainable "
             f"({trainable / model.num_parameters():.2%})"
         )
+    if model.caption_embedder is not None:  # the dataset's empty caption: dropout and guidance use it
+        model.caption_embedder.set_null(*dataset.null_text())
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     loader = TokenLoader(
         dataset,
@@ -348,12 +366,14 @@ def train(cfg: TrainConfig) -> TrainResult:
                 tokens.length,
                 time_sampler,
                 model_cfg.class_dropout_prob,
+                model_cfg.text_len,
             )
+            condition = labels if batch.text is None else batch.text.to(device)
             with autocast:
                 result = flow_loss(
                     forward,
                     tokens.x,
-                    labels,
+                    condition,
                     tokens.layout,
                     t=noise.t.to(device),
                     x0=noise.x0.to(device),

@@ -26,8 +26,9 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..seeds import generator
+from ..text import TextFeatures
 from ..tokens import TokenBatch, first_fit_rows, pack_sequences, pad_sequences
-from .index import DatasetIndex
+from .index import TEXT_PER_SHARD, DatasetIndex
 
 MODES = ("mixed", "flexible", "fixed")
 BATCHINGS = ("pad", "pack", "flat")
@@ -46,6 +47,7 @@ class TokenDataset:
             groups.setdefault(item["group"], {})[item["variant"]] = i
         self.groups = [groups[g] for g in sorted(groups)]
         self._handles: dict[int, Any] = {}  # shard -> open safetensors file
+        self._text_handles: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -76,6 +78,29 @@ class TokenDataset:
         rows = self._handles[shard].get_slice("features")[rec["offset"] : rec["offset"] + n]
         return rows[:, int(flip)].float()
 
+    @property
+    def text_len(self) -> int:
+        """Text slots per image (0: no captions encoded, a class-conditional dataset)."""
+        return self.index.text_len
+
+    def _text_file(self, name: str) -> Any:
+        if name not in self._text_handles:
+            self._text_handles[name] = safe_open(str(self.root / name), framework="pt")
+        return self._text_handles[name]
+
+    def text(self, group: int) -> tuple[Tensor, Tensor]:
+        """The caption of a group: features (M, dim) float32 and mask (M,) bool."""
+        if not self.index.text_conditional:
+            raise ValueError(f"{self.root} holds no caption features (prepare it with --text-encoder)")
+        shard, offset = divmod(group, TEXT_PER_SHARD)
+        f = self._text_file(self.index.text_shards[shard])
+        return f.get_slice("features")[offset].float(), f.get_slice("mask")[offset].bool()
+
+    def null_text(self) -> tuple[Tensor, Tensor]:
+        """The empty caption's features (M, dim) and mask (M,), for caption dropout and guidance."""
+        f = self._text_file("text/null.safetensors")
+        return f.get_tensor("features").float(), f.get_tensor("mask").bool()
+
     def variant(self, group: int, mode: str, coin: bool) -> int:
         """Item index used for ``group`` in ``mode``; ``coin`` picks the crop in mixed mode."""
         g = self.groups[group]
@@ -100,6 +125,7 @@ class Batch:
     labels: Tensor  # (B,) or (B, n) for packed rows
     ids: Tensor  # position of each example in the global batch, shaped like labels (−1 = empty slot)
     images: int  # real images in this rank's batch
+    text: TextFeatures | None = None  # captions: (B, M, dim), or (B, n, M, dim) for packed rows
 
 
 class TokenLoader:
@@ -125,7 +151,7 @@ class TokenLoader:
             raise ConfigError(f"--batch-size {batch_size} exceeds the dataset's {len(dataset)} images")
         if batching not in BATCHINGS:
             raise ConfigError(f"unknown batching {batching!r}; choose one of {BATCHINGS}")
-        longest = dataset.index.max_tokens
+        longest = dataset.index.max_tokens + dataset.text_len  # an image and its text slots
         self.row_length = longest if row_length is None else row_length  # tokens per packed row
         if batching == "pack":
             if self.row_length < longest:
@@ -186,24 +212,38 @@ class TokenLoader:
         coins = torch.rand(len(groups), 2, generator=g) < 0.5  # (crop?, flip?) per example
         self.batch_index += 1
         mine = list(range(self.rank, len(groups), self.world_size))
-        items, labels = [], []
+        items, labels, texts = [], [], []
+        M = self.dataset.text_len
         for i in mine:
             item = self.dataset.variant(groups[i], self.mode, bool(coins[i, 0]))
             rec = self.dataset.items[item]
             items.append((self.dataset.features(item, bool(coins[i, 1])), rec["h"], rec["w"]))
             labels.append(rec["label"])
+            if M:
+                texts.append(self.dataset.text(groups[i]))
         labels_t, ids_t = torch.tensor(labels), torch.tensor(mine)
+        text = TextFeatures(torch.stack([f for f, _ in texts]), torch.stack([m for _, m in texts])) if M else None
         if self.batching == "pad":
-            return Batch(pad_sequences(items), labels_t, ids_t, len(items))
+            return Batch(pad_sequences(items, text_len=M), labels_t, ids_t, len(items), text)
         if self.batching == "flat":  # one row holding the whole batch, exactly as long as its tokens
             rows = [list(range(len(items)))]
-            packed = pack_sequences(items, rows)
+            packed = pack_sequences(items, rows, text_len=M)
         else:
-            rows = first_fit_rows([h * w for _, h, w in items], self.row_length)
-            packed = pack_sequences(items, rows, length=self.row_length)
-        row_labels = torch.zeros(len(rows), packed.layout.images_per_row, dtype=torch.long)
+            rows = first_fit_rows([h * w + M for _, h, w in items], self.row_length)
+            packed = pack_sequences(items, rows, length=self.row_length, text_len=M)
+        n = packed.layout.images_per_row
+        row_labels = torch.zeros(len(rows), n, dtype=torch.long)
         row_ids = torch.full_like(row_labels, -1)
+        row_text = None
+        if text is not None:
+            row_text = TextFeatures(
+                text.features.new_zeros(len(rows), n, *text.features.shape[1:]),
+                text.mask.new_zeros(len(rows), n, *text.mask.shape[1:]),
+            )
         for r, row in enumerate(rows):
             row_labels[r, : len(row)] = labels_t[row]
             row_ids[r, : len(row)] = ids_t[row]
-        return Batch(packed, row_labels, row_ids, len(items))
+            if text is not None and row_text is not None:
+                row_text.features[r, : len(row)] = text.features[row]
+                row_text.mask[r, : len(row)] = text.mask[row]
+        return Batch(packed, row_labels, row_ids, len(items), row_text)

@@ -17,6 +17,7 @@ from ..errors import MissingFileError, UserError
 FORMAT = "fitv2-tokens"
 VERSION = 1
 INDEX_FILE = "index.json"
+TEXT_PER_SHARD = 4096  # captions per text shard: group g is entry g % 4096 of shard g // 4096
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,16 @@ class DatasetIndex:
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> up to five paths
     source: str = ""  # the image folder or JSONL file
     split: str | None = None  # the JSONL split kept, if one was chosen
+    text_encoder: dict[str, Any] | None = None  # text-to-image: the caption encoder's spec
+    text_dim: int = 0  # its features per token
+    text_len: int = 0  # text tokens per caption M
+    text_shards: list[str] = field(default_factory=list)  # caption features, TEXT_PER_SHARD captions each
     format: str = FORMAT
     version: int = VERSION
+
+    @property
+    def text_conditional(self) -> bool:
+        return self.text_encoder is not None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

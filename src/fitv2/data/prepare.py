@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import Pool
 from numbers import Integral, Real
 from pathlib import Path
@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from ..checkpoint import save_tensors
 from ..errors import ConfigError, MissingFileError, UserError
+from ..text import TextEncoder, load_text_encoder, parse_text_encoder
 from ..tokens import patchify
 from .autoencoder import Autoencoder, PixelSpace
 from .images import SkipImage, center_crop, channel_std, load_rgb, resize_to_budget
-from .index import DatasetIndex
-from .sources import list_folder, list_jsonl
+from .index import TEXT_PER_SHARD, DatasetIndex
+from .sources import caption_from_name, list_folder, list_jsonl
 
 
 @dataclass
@@ -120,6 +121,40 @@ def encode_pair(image: np.ndarray, autoencoder: Autoencoder, patch_size: int) ->
     return tokens, lh // patch_size, lw // patch_size
 
 
+CAPTION_SOURCES = ("caption", "filename")
+
+
+def _first_of_each_group(items: list[dict]) -> list[int]:
+    seen: dict[int, int] = {}
+    for i, item in enumerate(items):
+        seen.setdefault(item["group"], i)
+    return [seen[g] for g in sorted(seen)]
+
+
+def write_text(out: Path, encoder: TextEncoder | None, captions: list[str], progress: bool) -> dict:
+    """Encode one caption per kept image into ``text/NNNNN.safetensors`` ("features" (n, M, dim)
+    float16, "mask" (n, M) uint8) and the empty caption into ``text/null.safetensors``; the
+    index fields that describe them. M: 77 for CLIP; for MiniLM the longest caption's tokens."""
+    if encoder is None:
+        return {}
+    length = encoder.max_length
+    if not encoder.full_context:
+        length = min(encoder.max_length, max(encoder.token_counts([*captions, ""])))
+    (out / "text").mkdir(parents=True, exist_ok=True)
+    null = encoder.encode([""], length)
+    save_tensors(
+        {"features": null.features[0].half(), "mask": null.mask[0].to(torch.uint8)}, out / "text/null.safetensors"
+    )
+    names: list[str] = []
+    starts = range(0, len(captions), TEXT_PER_SHARD)
+    for start in tqdm(starts, desc="captions", unit="shard", disable=not progress or len(starts) < 2):
+        text = encoder.encode(captions[start : start + TEXT_PER_SHARD], length)
+        name = f"text/{len(names):05d}.safetensors"
+        save_tensors({"features": text.features.half(), "mask": text.mask.to(torch.uint8)}, out / name)
+        names.append(name)
+    return dict(text_encoder=encoder.spec, text_dim=encoder.dim, text_len=length, text_shards=names)
+
+
 def _count(name: str, value, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
         raise ConfigError(f"{name} must be an integer >= {low}; got {value!r}")
@@ -143,10 +178,15 @@ def prepare(
     workers: int | None = None,
     shard_tokens: int = 1 << 20,
     progress: bool = True,
+    text_encoder: str | dict | None = None,
+    captions: str = "caption",
 ) -> PrepareReport:
     """Build a token dataset from an image folder (class sub-folders) or a JSONL list.
 
-    min_std: images whose every channel varies less than this (in 0..255 levels) are blank."""
+    min_std: images whose every channel varies less than this (in 0..255 levels) are blank.
+    text_encoder: 'minilm' or 'clip:PATH' encodes every kept image's caption once into
+    ``text/`` (for the text-to-image model). captions: 'caption' (a JSONL row's caption, else
+    the file name) or 'filename' (always the file name, as for a class folder)."""
     source, out = Path(source), Path(out)
     autoencoder = autoencoder or PixelSpace()
     patch_size, budget = _count("patch_size", patch_size), _count("budget", budget)
@@ -167,12 +207,18 @@ def prepare(
             f"min_tokens {min_tokens} exceeds the {max_tokens} tokens of the budget "
             f"({budget} px / {unit} = {budget // unit} per side): every image would be skipped"
         )
+    if captions not in CAPTION_SOURCES:
+        raise ConfigError(f"captions must be one of {', '.join(CAPTION_SOURCES)}; got {captions!r}")
+    text_spec = parse_text_encoder(text_encoder) if text_encoder is not None else None
     if source.is_dir():
         sources, classes = list_folder(source, broken_links=True)
     elif source.is_file():
         sources, classes = list_jsonl(source, split)
     else:
         raise MissingFileError(f"no such image folder or JSONL file: {source}")
+    if captions == "filename":
+        sources = [replace(s, caption=caption_from_name(s.path)) for s in sources]
+    encoder = load_text_encoder(text_spec) if text_spec is not None else None  # before hours of encoding
     writer = ShardWriter(out, shard_tokens)
     report = PrepareReport()
     items = []
@@ -212,6 +258,7 @@ def prepare(
             f"no usable images in {source}: all {len(sources)} files were skipped "
             f"({_skip_summary(report)}); nothing was written"
         )
+    text = write_text(out, encoder, [items[i]["caption"] for i in _first_of_each_group(items)], progress)
     writer.flush()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "items.jsonl", "w") as f:
@@ -235,6 +282,7 @@ def prepare(
         skipped_examples={k: v[:5] for k, v in report.examples.items()},
         source=str(source),
         split=split,
+        **text,
     ).save(out)
     return report
 
