@@ -326,3 +326,35 @@ def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
     logged = (out / "run" / "log.jsonl").read_text().strip()
     assert ("Loss: not logged" in report) == (not logged)  # a 0.1 s budget leaves no time for 10 steps
     assert (out / "samples.png").is_file() and (out / "loss.png").is_file()
+
+
+def test_text_demo_prompts_and_nearest_training_images():
+    import json
+
+    import numpy as np
+
+    from fitv2.data.images import center_crop, load_rgb
+    from fitv2.demo import EMBEDDED, demo_prompts, nearest_training_images
+
+    metadata = EMBEDDED / "metadata.jsonl"
+    prompts = demo_prompts(metadata)
+    rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+    classes = sorted({r["class_name"] for r in rows})
+    assert [c for _, c in prompts] == classes  # one per class, in class order
+    assert all(any(r["caption"] == p and r["split"] == "test" for r in rows) for p, _ in prompts)
+    train = [r for r in rows if r["split"] == "train"]
+    picks = [train[5], train[900]]
+    samples = np.stack([np.asarray(center_crop(load_rgb(metadata.parent / r["path"]), 32)) for r in picks])
+    near = nearest_training_images(samples, metadata, 32)
+    assert [n["caption"] for n in near] == [r["caption"] for r in picks]  # a training image finds itself
+
+
+@pytest.mark.slow
+def test_the_text_demo_runs_end_to_end(tmp_path):
+    from fitv2.demo import DemoConfig, run_demo
+
+    out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2, text=True))
+    report = (out / "report.md").read_text()
+    assert "text-to-image (MiniLM captions" in report and "| prompt | its class |" in report
+    assert len((out / "samples" / "prompts.txt").read_text().splitlines()) == 17
+    assert (out / "samples.png").is_file() and '--prompt "a red apple"' in report

@@ -251,7 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     opts.check_environment()
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=opts.out, minutes=opts.minutes, preset=opts.preset, seed=opts.seed)
+    cfg = DemoConfig(out=opts.output, minutes=opts.minutes, preset=opts.preset, seed=opts.seed, text=opts.text)
     if opts.data:
         cfg.data = opts.data
     out = run_demo(cfg)

@@ -4,6 +4,11 @@ CPU within a time budget, and sample every class at several sizes and aspect rat
 Writes OUT/report.md, OUT/samples.png (rows = sizes, columns = classes),
 OUT/samples_square.png (several samples per class), OUT/loss.png, the checkpoint and the
 token dataset.
+
+``fitv2 demo --text`` does the same for the text-to-image model: the clipart captions encoded
+by MiniLM, and a fixed list of test-split captions (one per class) sampled at the five sizes
+(OUT/samples.png: one row per prompt); the report lists, for every prompt, the training image
+nearest to its sample and that image's class.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.images import center_crop, load_rgb
 from .data.prepare import prepare
 from .generate import Sampler, write_samples
 from .model.rope import rope_scaling
@@ -40,6 +46,7 @@ class DemoConfig:
     cfg_scale: float = 3.0
     steps: int = 40
     seed: int = 0
+    text: bool = False  # the text-to-image model, conditioned on the captions
 
 
 # (height, width, RoPE extrapolation, what it shows) at a 32-pixel budget side (8×8 = 64 tokens).
@@ -73,7 +80,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     t0 = time.perf_counter()
     tokens = out / "tokens"
     if not (tokens / "index.json").is_file():
-        report = prepare(metadata, tokens, patch_size=4, budget=cfg.budget, split="train")
+        encoder = "minilm" if cfg.text else None
+        report = prepare(metadata, tokens, patch_size=4, budget=cfg.budget, split="train", text_encoder=encoder)
         print(f"prepared {report.images} images ({report.tokens:,} tokens), skipped {sum(report.skipped.values())}")
     timings["prepare"] = time.perf_counter() - t0
 
@@ -104,6 +112,15 @@ def run_demo(cfg: DemoConfig) -> Path:
     if result.checkpoint is None:  # training always saves at its end
         raise RuntimeError(f"training in {cfg.out} wrote no checkpoint")
     sampler = Sampler.load(result.checkpoint)
+    if cfg.text:
+        _sample_prompts(out, cfg, sampler, metadata)
+        timings["sample"] = time.perf_counter() - t0
+        log = _log(out)
+        loss_curve([r["step"] for r in log], [r["loss"] for r in log], title="demo training loss").save(
+            out / "loss.png"
+        )
+        _report(out, cfg, result, timings, log, sampler)
+        return out
     k = sampler.model.config.num_classes
     labels = torch.arange(k)
     solver = SolverConfig("euler", steps=cfg.steps)
@@ -138,11 +155,73 @@ def run_demo(cfg: DemoConfig) -> Path:
     ).save(out / "samples_square.png")
     timings["sample"] = time.perf_counter() - t0
 
-    log_file = out / "run" / "log.jsonl"
-    log = [json.loads(line) for line in log_file.read_text().splitlines() if line] if log_file.is_file() else []
+    log = _log(out)
     loss_curve([r["step"] for r in log], [r["loss"] for r in log], title="demo training loss").save(out / "loss.png")
     _report(out, cfg, result, timings, log, sampler)
     return out
+
+
+def _log(out: Path) -> list[dict]:
+    log_file = out / "run" / "log.jsonl"
+    return [json.loads(line) for line in log_file.read_text().splitlines() if line] if log_file.is_file() else []
+
+
+def demo_prompts(metadata: Path) -> list[tuple[str, str]]:
+    """(caption, class name) of the first test-split image of every class, in class order."""
+    rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
+    first: dict[int, tuple[str, str]] = {}
+    for r in rows:
+        if r.get("split") == "test":
+            first.setdefault(r["label"], (r["caption"], r["class_name"]))
+    return [first[k] for k in sorted(first)]
+
+
+def nearest_training_images(samples: np.ndarray, metadata: Path, side: int) -> list[dict]:
+    """For each uint8 sample (side × side), the training image (centre-cropped to side²) nearest in
+    pixel space: its caption and class."""
+    rows = [json.loads(line) for line in metadata.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("split") == "train"]
+    train = np.stack([np.asarray(center_crop(load_rgb(metadata.parent / r["path"]), side)) for r in rows])
+    a = torch.from_numpy(samples.reshape(len(samples), -1)).float()
+    b = torch.from_numpy(train.reshape(len(train), -1)).float()
+    nearest = torch.cdist(a, b).argmin(1).tolist()
+    return [{"caption": rows[i]["caption"], "class_name": rows[i]["class_name"]} for i in nearest]
+
+
+def _sample_prompts(out: Path, cfg: DemoConfig, sampler: Sampler, metadata: Path) -> None:
+    prompts = demo_prompts(metadata)
+    text = sampler.encode_prompts([p for p, _ in prompts])
+    solver, guidance = SolverConfig("euler", steps=cfg.steps), Guidance(scale=cfg.cfg_scale)
+    results = {}
+    for height, width, rope, _ in demo_sizes(cfg.budget):
+        results[(height, width)] = sampler.generate(
+            height, width, text, solver, guidance, rope_scaling(rope), seed=cfg.seed, progress=False
+        )
+    write_samples(out / "samples", results, None, sampler.class_names, prompts=[p for p, _ in prompts])
+    rows = [[images[i] for images in results.values()] for i in range(len(prompts))]
+    image_grid(
+        rows,
+        [f"{p[:40]} ({c})" for p, c in prompts],
+        [f"{h}x{w}" for h, w in results],
+        scale=2,
+        title="one sample per test-split caption (rows) at each size (columns), all enlarged 2x",
+    ).save(out / "samples.png")
+    square = results[(cfg.budget, cfg.budget)]
+    near = nearest_training_images(square, metadata, cfg.budget)
+    agree = sum(n["class_name"] == c for n, (_, c) in zip(near, prompts))
+    lines = [
+        f"Of the {len(prompts)} prompts (one test caption per class), {agree} give a {cfg.budget}x{cfg.budget} "
+        f"sample whose nearest training image (pixels) is of the caption's class; chance is about "
+        f"{1 / len(prompts):.0%} per prompt.",
+        "",
+        "| prompt | its class | nearest training image | its class |",
+        "|---|---|---|---|",
+        *[
+            f"| {p} | {c} | {n['caption']} | {n['class_name']}{' ✓' if n['class_name'] == c else ''} |"
+            for (p, c), n in zip(prompts, near)
+        ],
+    ]
+    (out / "prompts.md").write_text("\n".join(lines) + "\n")
 
 
 def _loss_summary(log: list[dict]) -> str:
@@ -178,7 +257,12 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
         f"torch {torch.__version__}.",
         "",
         f"Model: {cfg.preset} in pixel space (patch 4, {params / 1e6:.2f}M parameters), "
-        f"{sampler.model.config.num_classes} classes, token budget {cfg.budget}x{cfg.budget} px "
+        + (
+            f"text-to-image (MiniLM captions, {sampler.model.config.text_len} text tokens in context)"
+            if cfg.text
+            else f"{sampler.model.config.num_classes} classes"
+        )
+        + f", token budget {cfg.budget}x{cfg.budget} px "
         f"= {(cfg.budget // 4) ** 2} tokens; mixed data, logit-normal time, batch {cfg.batch_size}, lr {cfg.lr}.",
         "",
         "| stage | wall time |",
@@ -197,11 +281,14 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
         "",
         "![samples](samples.png)",
         "",
-        "![samples per class](samples_square.png)",
-        "",
+        *([(out / "prompts.md").read_text(), ""] if cfg.text else ["![samples per class](samples_square.png)", ""]),
         "![loss](loss.png)",
         "",
-        f"Checkpoint: `{result.checkpoint}`. Sample more with "
-        f"`fitv2 sample {result.checkpoint} --sizes 32x32,24x48 --per-class 2 --cfg-scale {cfg.cfg_scale}`.",
+        f"Checkpoint: `{result.checkpoint}`. Sample more with `fitv2 sample {result.checkpoint} --sizes 32x32,24x48 "
+        + (
+            f'--prompt "a red apple" --prompt "a car" --cfg-scale {cfg.cfg_scale}`.'
+            if cfg.text
+            else f"--per-class 2 --cfg-scale {cfg.cfg_scale}`."
+        ),
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")

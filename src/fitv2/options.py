@@ -477,7 +477,10 @@ def parse_size(text: str) -> tuple[int, int]:
 @dataclass
 class DemoOptions(Options):
     minutes: float = opt(8.0, gt=0, help="training time budget in minutes")
-    out: str = opt("runs/demo", help="output folder")
+    out: str | None = opt(None, help="output folder (not set: runs/demo, with --text runs/demo_text)")
+    text: bool = opt(
+        False, help="the text-to-image model: train on the clipart captions, sample from test-split prompts"
+    )
     preset: str = opt("FiTv2-Mini/4", choices=tuple(PRESETS), help="model preset")
     data: str | None = opt(None, help="dataset folder with metadata.jsonl (not set: the embedded data/clipart)")
     seed: int = opt(0, ge=0, help="seed")
@@ -490,7 +493,11 @@ class DemoOptions(Options):
             check_exists(self.data, "dataset folder")
             if not (Path(self.data) / "metadata.jsonl").is_file():
                 raise MissingFileError(f"{self.data} has no metadata.jsonl")
-        check_output_dir(self.out)
+        check_output_dir(self.output)
+
+    @property
+    def output(self) -> str:
+        return self.out if self.out is not None else ("runs/demo_text" if self.text else "runs/demo")
 
 
 @dataclass
