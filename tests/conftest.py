@@ -161,3 +161,30 @@ def make_tiny_clip(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 
 def tiny_clip(tmp_path_factory) -> Path:
     """A tiny random CLIP text model folder (32-d, 2 layers), loadable as ``clip:PATH``."""
     return make_tiny_clip(tmp_path_factory.mktemp("tiny_clip") / "clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_model(tiny_clip, tmp_path_factory) -> Path:
+    """A tiny random CLIP model with both towers (32x32 images) and the tiny tokenizer: a ``--clip`` folder."""
+    import shutil
+
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = tmp_path_factory.mktemp("tiny_clip_model") / "clip"
+    shutil.copytree(tiny_clip, folder)
+    text = CLIPModel.config_class.sub_configs["text_config"].from_pretrained(tiny_clip)
+    config = CLIPConfig(
+        text_config=text.to_dict(),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(1)
+    CLIPModel(config).save_pretrained(folder)
+    return folder

@@ -518,6 +518,11 @@ class EvaluateOptions(Options):
     reference_budget: int | None = opt(
         None, ge=1, metavar="S", help="resize reference images to area <= S² keeping the aspect ratio"
     )
+    clip: str | None = opt(
+        None,
+        metavar="DIR",
+        help="CLIP model folder (e.g. CLIP-L saved by transformers): also the CLIP score of samples with prompts",
+    )
     batch_size: int = opt(64, ge=1, help="images per forward pass")
     cache_dir: str | None = opt(None, help="reference feature cache (not set: ~/.cache/fitv2/eval)")
     no_cache: bool = opt(False, help="neither read nor write the reference cache")
@@ -533,6 +538,8 @@ class EvaluateOptions(Options):
     def check_environment(self) -> None:
         check_exists(self.generated, "generated images")
         check_exists(self.reference, "reference")
+        if self.clip is not None:
+            check_exists(self.clip, "CLIP model folder")
         check_device(self.device)
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MissingFileError
+from ..errors import ConfigError, MissingFileError, UserError
 from ..options import ClassifierOptions, EvaluateOptions
 
 
@@ -53,11 +53,13 @@ def format_table(m: dict[str, Any]) -> str:
         ("precision", "precision"),
         ("recall", "recall"),
         ("class_consistency", "class consistency"),
+        ("clip_score", "CLIP score"),
         ("reference_is", "IS (reference)"),
         ("reference_class_consistency", "class consistency (reference)"),
     ):
         if m.get(key) is not None:
-            value = f"{m[key]:.4f}" if key in ("precision", "recall") or "consistency" in key else f"{m[key]:.3f}"
+            four = key in ("precision", "recall", "clip_score") or "consistency" in key
+            value = f"{m[key]:.4f}" if four else f"{m[key]:.3f}"
             rows.append((name, value + (f" ± {m['is_std']:.3f}" if key == "is" and m["is_std"] else "")))
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)
@@ -72,10 +74,24 @@ def default_json_path(generated: str | os.PathLike) -> Path:
 def run_evaluate(opts: EvaluateOptions) -> int:
     """``fitv2 evaluate`` with checked options: print the metrics table and write metrics.json."""
     from ..checkpoint import save_json
-    from .evaluate import evaluate, open_source
+    from .evaluate import JsonlSource, evaluate, open_source
 
     generated = open_source(opts.generated)
     reference = open_source(opts.reference, opts.split, opts.reference_budget)
+    clip = None
+    if opts.clip is not None:
+        if generated.prompts is None:
+            raise UserError(
+                f"--clip scores images against their prompts, and {opts.generated} records none "
+                "(an .npz with 'prompts', or a folder with prompts.txt, as `fitv2 sample --prompt` writes)"
+            )
+        from .clip_score import ClipScorer
+
+        clip = ClipScorer(opts.clip, opts.device)  # loaded before hours of feature extraction
+    if generated.prompts is not None and generated.labels is None and isinstance(reference, JsonlSource):
+        generated.labels = reference.labels_of_captions(generated.prompts)
+        if generated.labels is not None:
+            print(f"labels of the {len(generated.prompts)} prompts: their captions' classes in {opts.reference}")
     extractor = make_extractor(
         opts.features,
         classifier=opts.classifier,
@@ -91,6 +107,9 @@ def run_evaluate(opts: EvaluateOptions) -> int:
         cache_dir=None if opts.no_cache else (opts.cache_dir or "default"),
         progress=not opts.quiet,
     )
+    if clip is not None and generated.prompts is not None:
+        scores = clip.scores((image for image, _ in generated), generated.prompts, opts.batch_size)
+        metrics.update(clip_score=float(scores.mean()), clip_score_std=float(scores.std()), clip_model=str(opts.clip))
     print(format_table(metrics))
     out = Path(opts.json) if opts.json else default_json_path(opts.generated)
     save_json(metrics, out)

@@ -123,6 +123,7 @@ class ImageSource:
 
     count: int = 0
     labels: list[int] | np.ndarray | None = None
+    prompts: list[str] | None = None  # the prompt of each image (text-to-image samples), if known
 
     def __init__(self, path: Path, budget: int | None = None) -> None:
         self.path, self.budget = path, budget
@@ -187,6 +188,12 @@ class FolderSource(ImageSource):
         found = [_LABEL_SUFFIX.search(f.stem) for f in self.files]
         labels = [int(m.group(1)) for m in found if m is not None]
         self.count, self.labels = len(self.files), labels if len(labels) == len(found) else None
+        for listing in (path / "prompts.txt", path.parent / "prompts.txt"):  # as `fitv2 sample` writes them
+            if listing.is_file():
+                prompts = listing.read_text(encoding="utf-8").splitlines()
+                if len(prompts) == self.count:
+                    self.prompts = prompts
+                    break
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -227,10 +234,15 @@ class NpzSource(ImageSource):
                 if "arr_1.npy" in zf.namelist():
                     with np.load(path) as data:
                         self.labels = data["arr_1"].reshape(-1).astype(np.int64)
+                if "prompts.npy" in zf.namelist():
+                    with np.load(path) as data:
+                        self.prompts = [str(p) for p in data["prompts"].reshape(-1)]
         if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
             raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
         if self.labels is not None and len(self.labels) != shape[0]:
             raise ValueError(f"{path}: {shape[0]} images but {len(self.labels)} labels in arr_1")
+        if self.prompts is not None and len(self.prompts) != shape[0]:
+            raise ValueError(f"{path}: {shape[0]} images but {len(self.prompts)} prompts")
         self.shape, self.count = shape, shape[0]
 
     def identity(self) -> dict[str, Any]:
@@ -271,6 +283,16 @@ class JsonlSource(ImageSource):
 
     def _images(self):
         return (_load(s.path) for s in self.sources)
+
+    def labels_of_captions(self, prompts: list[str]) -> list[int] | None:
+        """The class of every prompt that is a caption of this listing with one class; None if any is not."""
+        classes: dict[str, set[int]] = {}
+        for s in list_jsonl(self.path)[0]:  # every split: a prompt may be any row's caption
+            classes.setdefault(s.caption, set()).add(s.label)
+        found = [classes.get(p, set()) for p in prompts]
+        if not all(len(c) == 1 for c in found):
+            return None
+        return [next(iter(c)) for c in found]
 
     def describe(self) -> str:
         return super().describe() + (f" split {self.split}" if self.split else "")
