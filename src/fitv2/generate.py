@@ -136,7 +136,7 @@ def estimate_memory(
     ``num_images`` (default ``batch_size``) uint8 results."""
     cfg = model.config
     unit = cfg.patch_size * autoencoder.downsample
-    tokens = (height // unit) * (width // unit)
+    tokens = (height // unit) * (width // unit) + cfg.text_len  # a text model's caption slots too
     rows = batch_size * (2 if guidance.doubles_batch else 1)
     value_bytes = next(model.parameters()).element_size()
     activations = inference_activation_bytes(cfg, rows, tokens, value_bytes=value_bytes)
