@@ -393,12 +393,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             update_ema(ema, model, decay)
             step += 1
 
-            valid = dist.all_sum(env, float(tokens.layout.mask.sum()))
+            valid = dist.all_sum(env, float(tokens.layout.mask.sum()))  # image tokens
+            text = dist.all_sum(env, float(batch.text.mask.sum())) if batch.text is not None else 0.0
             computed = dist.all_sum(env, float(tokens.layout.mask.numel()))
             loss_value = dist.all_mean(env, float(result.loss.detach()))
             totals["images"] += cfg.batch_size
             totals["tokens"] += valid
-            totals["padded_tokens"] += computed - valid
+            totals["padded_tokens"] += computed - valid - text  # caption tokens are not padding
+            totals["text_tokens"] = totals.get("text_tokens", 0.0) + text
             window["tokens"] += valid
             window["loss"] += loss_value
             window["n"] += 1
@@ -414,7 +416,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                     "tokens_per_s": tps,
                     "images": totals["images"],
                     "tokens": totals["tokens"],
-                    "padding": totals["padded_tokens"] / max(totals["tokens"] + totals["padded_tokens"], 1),
+                    "padding": totals["padded_tokens"]
+                    / max(totals["tokens"] + totals.get("text_tokens", 0.0) + totals["padded_tokens"], 1),
                     "seconds": totals["seconds"],
                 }
                 log.write(json.dumps(row) + "\n")
