@@ -169,3 +169,20 @@ def test_a_class_model_refuses_text_and_a_text_model_labels():
     plain = pad_sequences(_items([(2, 2)]))
     with pytest.raises(ValueError, match="text slots"):
         text_model(plain.x, torch.tensor([0.5]), _text(1), plain.layout)
+
+
+def test_cpu_attention_kernels_agree_on_packed_rows_with_short_captions():
+    from fitv2.config import Runtime
+
+    model = _model()
+    items = _items([(2, 3), (1, 4), (2, 2)])
+    packed = pack_sequences(items, rows=[[0, 1], [2]], length=32, text_len=M)
+    feats = torch.randn(2, 2, M, DT)
+    mask = torch.tensor([[[True, True, False, False], [True, False, False, False]], [[True] * 4, [False] * 4]])
+    text = TextFeatures(feats, mask)
+    t = torch.tensor([[0.3, 0.7], [0.5, 0.0]])
+    outs = {}
+    for name in ("sdpa", "sdpa-varlen"):
+        model.runtime = Runtime(attention=name)
+        outs[name] = model(packed.x, t, text, packed.layout)
+    torch.testing.assert_close(outs["sdpa"], outs["sdpa-varlen"], atol=2e-5, rtol=2e-5)
