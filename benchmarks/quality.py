@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from common import cpu_name, train_for_tokens
 
 from fitv2.data.prepare import prepare
 from fitv2.eval.classifier import load_classifier, train_classifier
@@ -39,7 +38,6 @@ from fitv2.generate import Sampler, write_samples
 from fitv2.model.rope import rope_scaling
 from fitv2.plot import image_grid
 from fitv2.sampling import Guidance, SolverConfig
-from fitv2.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "clipart" / "metadata.jsonl"
@@ -108,38 +106,9 @@ def train_arm(arm: str, tokens: Path, work: Path, s: dict, seed: int) -> tuple[P
         depth=arm_depth(arm, s["base_depth"]),
         adaln_lora_dim=s["width"] // 4,
     )
-    cfg = TrainConfig(
-        data=str(tokens),
-        out=str(work / arm),
-        preset="FiTv2-Tiny/4",
-        model=model,
-        data_mode=spec["data_mode"],
-        time_sampling=spec["time_sampling"],
-        batch_size=s["batch"],
-        lr=s["lr"],
-        warmup_steps=100,
-        ema_decay=0.999,
-        ema_warmup=True,
-        steps=10**9,
-        train_tokens=s["tokens"],
-        ckpt_every=10**9,
-        log_every=20,
-        seed=seed,
-        resume="latest",
+    return train_for_tokens(
+        tokens, work / arm, model, s, seed, data_mode=spec["data_mode"], time_sampling=spec["time_sampling"]
     )
-    result = train(cfg)
-    log = [json.loads(line) for line in (work / arm / "log.jsonl").open()]
-    # Training seconds come from the run's own totals, which survive an interrupted and resumed run.
-    info = dict(
-        steps=result.step,
-        tokens=log[-1]["tokens"],
-        images=log[-1]["images"],
-        loss=np.mean([r["loss"] for r in log[-10:]]),
-        seconds=log[-1]["seconds"],
-        tokens_per_s=result.tokens_per_s,
-        params=None,
-    )
-    return result.checkpoint, info
 
 
 def evaluate_arm(arm: str, checkpoint: Path, work: Path, classifier: Path, s: dict, seed: int) -> tuple[list, dict]:
@@ -189,16 +158,6 @@ def evaluate_arm(arm: str, checkpoint: Path, work: Path, classifier: Path, s: di
     return rows, {"grid": grid, "params": sum(p.numel() for p in sampler.model.parameters())}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def grid_name(arm: str, mode: str) -> str:
     return f"quality_{arm}.jpg" if mode == "full" else f"quality_quick_{arm}.jpg"  # noisy samples: JPEG is 10x smaller
 
@@ -210,7 +169,7 @@ def write_report(
         f"# Quality benchmark ({mode})",
         "",
         f"Command: `{command}`  ",
-        f"Wall time: {wall / 60:.1f} min on {_cpu_name()}, {torch.get_num_threads()} threads, "
+        f"Wall time: {wall / 60:.1f} min on {cpu_name()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}.",
         "",
         f"Data: embedded clipart, train split, pixel space, patch 4, budget {BUDGET}x{BUDGET} px "

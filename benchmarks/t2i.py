@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from collections import Counter
@@ -29,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import cpu_name, train_for_tokens
 
 from fitv2.data.prepare import prepare
 from fitv2.eval.classifier import train_classifier
 from fitv2.eval.evaluate import ClassifierFeatures, evaluate
 from fitv2.generate import Sampler, prompt_grid
 from fitv2.sampling import Guidance, SolverConfig
-from fitv2.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "clipart" / "metadata.jsonl"
@@ -61,33 +60,7 @@ def test_split() -> tuple[list[str], list[int], list[str]]:
 
 def train_arm(arm: str, tokens: Path, work: Path, s: dict, seed: int) -> tuple[Path, dict]:
     model = dict(hidden_size=s["width"], num_heads=s["heads"], depth=s["depth"], adaln_lora_dim=s["width"] // 4)
-    cfg = TrainConfig(
-        data=str(tokens),
-        out=str(work / arm),
-        preset="FiTv2-Tiny/4",
-        model=model,
-        batch_size=s["batch"],
-        lr=s["lr"],
-        warmup_steps=100,
-        ema_decay=0.999,
-        steps=10**9,
-        train_tokens=s["tokens"],
-        ckpt_every=10**9,
-        log_every=20,
-        seed=seed,
-        resume="latest",
-    )
-    result = train(cfg)
-    log = [json.loads(line) for line in (work / arm / "log.jsonl").open()]
-    info = dict(
-        steps=result.step,
-        tokens=log[-1]["tokens"],
-        images=log[-1]["images"],
-        loss=float(np.mean([r["loss"] for r in log[-10:]])),
-        seconds=log[-1]["seconds"],
-    )
-    assert result.checkpoint is not None
-    return result.checkpoint, info
+    return train_for_tokens(tokens, work / arm, model, s, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,23 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_report(path: Path, r: dict, n_test: int) -> None:
     s = r["settings"]
     lines = [
         f"# Text-to-image against class-conditional FiTv2 ({r['mode']})",
         "",
         f"Command: `python benchmarks/t2i.py{' --quick' if r['mode'] == 'quick' else ''}`  ",
-        f"Wall time: {r['minutes']:.1f} min on {_cpu()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
+        f"Wall time: {r['minutes']:.1f} min on {cpu_name()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}.",
         "",
         f"Data: embedded clipart train split, pixel space, patch 4, budget {BUDGET}x{BUDGET} px (64 tokens); "
         f"the text arm's captions encoded by MiniLM. Model: FiTv2 block, width {s['width']}, depth {s['depth']}, "
