@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         minutes=minutes,
     )
     suffix = "" if mode == "full" else "_quick"
-    (results_dir / f"t2i{suffix}.json").write_text(json.dumps(report, indent=2))
+    (results_dir / f"t2i{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report(results_dir / f"t2i{suffix}.md", report, len(labels))
     print(f"done in {minutes:.1f} min: {results_dir / f't2i{suffix}.md'}")
     return 0
