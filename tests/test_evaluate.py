@@ -20,6 +20,7 @@ from fitv2.eval.evaluate import (
     InceptionFeatures,
     NpzSource,
     evaluate,
+    extract,
     open_source,
     shape_batches,
 )
@@ -194,6 +195,38 @@ def test_inception_features_run(setup, tmp_path, monkeypatch):
     for key in ("fid", "sfid", "is", "precision", "recall"):
         assert np.isfinite(m[key]), key
     assert m["class_consistency"] is None  # Inception's 1008 classes are not the dataset's
+
+    # An ADM reference batch: its stored mu/sigma (and mu_s/sigma_s) are used, or alone without images.
+    feats = extract(open_source(ref), inception, batch_size=6)
+    stats = dict(mu=feats.pool.mean, sigma=feats.pool.cov, mu_s=feats.spatial.mean, sigma_s=feats.spatial.cov)
+    with np.load(ref) as f:
+        ref_images = f["arr_0"]
+    np.savez(tmp_path / "adm.npz", arr_0=ref_images, **stats)
+    adm = evaluate(gen, tmp_path / "adm.npz", inception, batch_size=6, cache_dir=None)
+    assert adm["reference_statistics"].startswith("stored") and m["reference_statistics"].startswith("computed")
+    assert adm["fid"] == pytest.approx(m["fid"], rel=1e-6) and adm["sfid"] == pytest.approx(m["sfid"], rel=1e-6)
+    shifted = {**stats, "mu": stats["mu"] + 1.0}
+    np.savez(tmp_path / "adm_shifted.npz", arr_0=ref_images, **shifted)
+    moved = evaluate(gen, tmp_path / "adm_shifted.npz", inception, batch_size=6, cache_dir=None)
+    assert moved["fid"] > m["fid"] + 1  # the stored statistics are what it compared with
+    assert moved["precision"] == adm["precision"]  # precision/recall still from the images
+    np.savez(tmp_path / "stats_only.npz", **stats)
+    only = evaluate(gen, tmp_path / "stats_only.npz", inception, batch_size=6, cache_dir=None)
+    assert only["fid"] == pytest.approx(m["fid"], rel=1e-6) and only["precision"] is None
+    assert only["num_reference"] is None and "statistics only" in only["reference"]
+    assert "statistics" in format_table(only)
+
+
+def test_adm_statistics_need_inception_features(setup, tmp_path):
+    """A classifier's features cannot be compared with stored Inception statistics."""
+    with np.load(setup["ref"]) as f:
+        images, labels = f["arr_0"], f["arr_1"]
+    np.savez(tmp_path / "adm.npz", arr_0=images, arr_1=labels, mu=np.zeros(2048), sigma=np.eye(2048))
+    m = evaluate(setup["gen"], tmp_path / "adm.npz", setup["clf"], cache_dir=None)
+    assert m["reference_statistics"] == "computed from the reference images"
+    np.savez(tmp_path / "only.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ValueError, match="--features inception"):
+        evaluate(setup["gen"], tmp_path / "only.npz", setup["clf"], cache_dir=None)
 
 
 def _cli(argv: list[str]) -> int:

@@ -507,7 +507,11 @@ class EvaluateOptions(Options):
         help="folder of PNG/JPG samples (labels from '_<int>' name suffixes) or "
         "an ADM-style .npz (arr_0 uint8 NHWC, arr_1 labels)",
     )
-    reference: str = opt("", help="reference images: a dataset .jsonl, a folder or an .npz (required)")
+    reference: str = opt(
+        "",
+        help="reference images: a dataset .jsonl, a folder or an .npz (required); an ADM reference batch's "
+        "stored mu/sigma are used with --features inception, and a statistics-only .npz is accepted",
+    )
     split: str | None = opt(None, help="with a .jsonl reference: only rows of this split (e.g. test)")
     features: Literal["classifier", "inception"] = opt(
         "classifier", help="feature network: classifier (trained offline with `fitv2 train-classifier`) or inception"

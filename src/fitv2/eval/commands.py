@@ -44,7 +44,13 @@ def format_table(m: dict[str, Any]) -> str:
     rows = [
         ("features", f"{m['features']} ({m['weights']})"),
         ("generated", f"{m['num_generated']} images [{shapes}] {m['generated']}"),
-        ("reference", f"{m['num_reference']} images {m['reference']}" + (" [cached]" if m["reference_cached"] else "")),
+        (
+            "reference",
+            (f"{m['num_reference']} images " if m["num_reference"] is not None else "")
+            + m["reference"]
+            + (" [cached]" if m["reference_cached"] else ""),
+        ),
+        ("statistics", m["reference_statistics"]),
     ]
     for key, name in (
         (fd, fd.upper()),

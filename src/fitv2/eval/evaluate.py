@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..checkpoint import atomic_write, read_state_dict, save_json, save_tensors
 from ..data.images import IMAGE_SUFFIXES, SkipImage, load_rgb, resize_to_budget
 from ..data.sources import list_jsonl
+from ..errors import UserError
 from .classifier import WEIGHTS_FILE, load_classifier
 from .inception import load_inception
 from .metrics import FeatureStats, class_consistency, frechet_distance, inception_score, precision_recall
@@ -217,18 +218,36 @@ def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
 
 
 class NpzSource(ImageSource):
-    """ADM-style ``.npz`` (``arr_0`` uint8 NHWC, optional ``arr_1`` labels) read in chunks, or a ``.npy``."""
+    """ADM-style ``.npz`` (``arr_0`` uint8 NHWC, optional ``arr_1`` labels) read in chunks, or a ``.npy``.
+
+    An ADM reference batch also stores Inception statistics (``mu``/``sigma`` of the pool features,
+    ``mu_s``/``sigma_s`` of the spatial ones): they are kept in ``stored_stats``, and a file with the
+    statistics but no images is accepted (``count`` 0)."""
+
+    stored_stats: dict[str, np.ndarray] | None = None
 
     def __init__(self, path: Path, budget: int | None = None, chunk: int = 256) -> None:
         super().__init__(path, budget)
         self.chunk = chunk
+        self.shape: tuple[int, ...] = (0, 0, 0, 3)
         if path.suffix == ".npy":
             arr = np.load(path, mmap_mode="r")
             shape, dtype = arr.shape, arr.dtype
         else:
             with zipfile.ZipFile(path) as zf:
-                if "arr_0.npy" not in zf.namelist():
-                    raise ValueError(f"{path} has no arr_0 (expected an ADM-style sample batch)")
+                names = zf.namelist()
+                if {"mu.npy", "sigma.npy"} <= set(names):
+                    with np.load(path) as data:
+                        self.stored_stats = {
+                            k: data[k].astype(np.float64)
+                            for k in ("mu", "sigma", "mu_s", "sigma_s")
+                            if f"{k}.npy" in names
+                        }
+                if "arr_0.npy" not in names:
+                    if self.stored_stats is not None:  # statistics only
+                        self.count = 0
+                        return
+                    raise ValueError(f"{path} has no arr_0 (expected an ADM-style sample batch) and no mu/sigma")
                 with zf.open("arr_0.npy") as f:
                     shape, dtype = _npy_header(f)
                 if "arr_1.npy" in zf.namelist():
@@ -247,6 +266,11 @@ class NpzSource(ImageSource):
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "npz", "file": _file_identity(self.path), "budget": self.budget}
+
+    def describe(self) -> str:
+        if self.count == 0:
+            return f"{self.path} (statistics only)"
+        return super().describe()
 
     def _images(self):
         if self.path.suffix == ".npy":
@@ -454,25 +478,48 @@ def evaluate(
     gen_src = generated if isinstance(generated, ImageSource) else open_source(generated)
     ref_src = reference if isinstance(reference, ImageSource) else open_source(reference, split, reference_budget)
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
-    ref, cached = reference_features(ref_src, extractor, cache, batch_size, progress)
+    stored = getattr(ref_src, "stored_stats", None)
+    if stored is not None and extractor.name != "inception":
+        stored = None  # an ADM batch stores Inception statistics, which no other network's features match
+    if len(ref_src) == 0 and stored is None:
+        raise UserError(
+            f"{ref_src.path} holds only Inception statistics: evaluate against it with --features inception"
+        )
+    ref, cached = (
+        (None, False) if len(ref_src) == 0 else reference_features(ref_src, extractor, cache, batch_size, progress)
+    )
     gen = extract(gen_src, extractor, batch_size, progress, desc="generated")
     fd = "fid" if extractor.name == "inception" else "fd"
     out: dict[str, Any] = {"features": extractor.name}
-    out[fd] = frechet_distance(gen.pool.mean, gen.pool.cov, ref.pool.mean, ref.pool.cov)
-    out["s" + fd] = frechet_distance(gen.spatial.mean, gen.spatial.cov, ref.spatial.mean, ref.spatial.cov)
+    if stored is not None:
+        out["reference_statistics"] = "stored in the reference .npz (mu, sigma" + (
+            ", mu_s, sigma_s)" if "mu_s" in stored else ")"
+        )
+        out[fd] = frechet_distance(gen.pool.mean, gen.pool.cov, stored["mu"], stored["sigma"])
+    else:
+        assert ref is not None
+        out["reference_statistics"] = "computed from the reference images"
+        out[fd] = frechet_distance(gen.pool.mean, gen.pool.cov, ref.pool.mean, ref.pool.cov)
+    if stored is not None and "mu_s" in stored:
+        out["s" + fd] = frechet_distance(gen.spatial.mean, gen.spatial.cov, stored["mu_s"], stored["sigma_s"])
+    elif ref is not None:
+        out["s" + fd] = frechet_distance(gen.spatial.mean, gen.spatial.cov, ref.spatial.mean, ref.spatial.cov)
+    else:
+        out["s" + fd] = None
     out["is"], out["is_std"] = inception_score(gen.logits, split_size=5000)
-    if min(len(gen.pool_features), len(ref.pool_features)) > k:
+    # Precision/recall and the reference's own scores need its images (a statistics-only batch has none).
+    if ref is not None and min(len(gen.pool_features), len(ref.pool_features)) > k:
         out["precision"], out["recall"] = precision_recall(
             ref.pool_features, gen.pool_features, k=k, device=extractor.device
         )
     else:
         out["precision"] = out["recall"] = None  # k-NN radii need more than k images per set
     out["class_consistency"] = _consistency(extractor, gen)
-    out["reference_is"] = inception_score(ref.logits, split_size=5000)[0]
-    out["reference_class_consistency"] = _consistency(extractor, ref)
+    out["reference_is"] = inception_score(ref.logits, split_size=5000)[0] if ref is not None else None
+    out["reference_class_consistency"] = _consistency(extractor, ref) if ref is not None else None
     out.update(
         num_generated=gen.pool.n,
-        num_reference=ref.pool.n,
+        num_reference=ref.pool.n if ref is not None else None,
         generated_shapes=gen.shapes,
         generated=gen_src.describe(),
         reference=ref_src.describe(),
