@@ -115,3 +115,17 @@ def test_text_and_class_models_refuse_the_other_condition(text_run, cli_run, cap
     args = ["train", "--data", str(cli_run / "tokens"), "--out", str(text_run / "other"), "--steps", "1"]
     assert main([*args, "--init-from", str(ckpt)]) == 2
     assert "text features" in capsys.readouterr().err
+
+
+def test_the_pipeline_takes_prompts_and_saves_the_text_encoder(text_run, tmp_path):
+    from fitv2 import FiTv2Pipeline
+
+    pipe = FiTv2Pipeline.from_pretrained(text_run / "run" / "checkpoints" / "step_0000006")
+    kwargs = dict(prompts=["a green bar", "a red round disc"], height=16, width=32, num_inference_steps=2)
+    images = pipe(**kwargs, guidance_scale=3.0, output_type="np")
+    assert images.shape == (2, 16, 32, 3)
+    out = pipe.save_pretrained(tmp_path / "t2i")
+    assert json.loads((out / "config.json").read_text())["dataset"]["text_encoder"] == {"kind": "minilm"}
+    assert "captions encoded by `minilm`" in (out / "README.md").read_text()
+    again = FiTv2Pipeline.from_pretrained(out)
+    assert np.array_equal(again(**kwargs, guidance_scale=3.0, output_type="np"), images)

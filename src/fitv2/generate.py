@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,7 @@ class Sampler:
     class_names: list[str]
     training_rope: str = "none"
     text_encoder: dict | None = None  # a text-to-image model's caption encoder (spec), from its dataset
+    record: dict = field(default_factory=dict)  # the checkpoint's config.json: its training and dataset
 
     @property
     def text_conditional(self) -> bool:
@@ -279,7 +280,7 @@ class Sampler:
         spec = parse_text_encoder(text_encoder) if text_encoder else meta.get("text_encoder")
         if model.config.text_conditional and spec is None:
             raise UserError(f"{path} is a text-to-image model that records no text encoder; pass --text-encoder")
-        return cls(model, ae, names, rope.lower(), spec if model.config.text_conditional else None)
+        return cls(model, ae, names, rope.lower(), spec if model.config.text_conditional else None, saved)
 
     def encode_prompts(self, prompts: list[str]) -> TextFeatures:
         """The model's caption features of ``prompts`` (B, M, dim), from its own text encoder; a prompt
@@ -351,7 +352,6 @@ class Sampler:
             estimates.append(estimate)
         return estimates
 
-    @torch.no_grad()
     def generate(
         self,
         height: int,
@@ -376,6 +376,43 @@ class Sampler:
         there images agree across batch sizes only to the solver tolerance.
         Checks the memory first (unless ``force``); ``progress``: one bar over the solver steps of all
         batches."""
+        return np.concatenate(
+            self._generate(height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, True)
+        )
+
+    def generate_latents(
+        self,
+        height: int,
+        width: int,
+        labels: torch.Tensor | TextFeatures,
+        solver: SolverConfig = SolverConfig(),
+        guidance: Guidance = Guidance(),
+        rope: RopeScaling | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = True,
+        force: bool = False,
+    ) -> torch.Tensor:
+        """The latents (N, C, h·p, w·p) that :meth:`generate` decodes into its images (same noise)."""
+        return torch.cat(
+            self._generate(height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, False)
+        )
+
+    @torch.no_grad()
+    def _generate(
+        self,
+        height: int,
+        width: int,
+        labels: torch.Tensor | TextFeatures,
+        solver: SolverConfig,
+        guidance: Guidance,
+        rope: RopeScaling | None,
+        seed: int,
+        batch_size: int,
+        progress: bool,
+        force: bool,
+        decode: bool,
+    ) -> list[Any]:
         h, w = check_size(height, width, self.unit)
         batch_size = max(1, min(batch_size, len(labels)))
         check_memory(self.estimate_memory(height, width, batch_size, solver, guidance, len(labels)), self.device, force)
@@ -388,7 +425,7 @@ class Sampler:
             unit="step" if per_batch else "eval",
             disable=not progress,
         )
-        out: list[np.ndarray] = []
+        out: list[Any] = []
         with bar:
             for n, start in enumerate(batches, 1):
                 chunk = labels[start : start + batch_size]
@@ -406,10 +443,13 @@ class Sampler:
                     on_step=bar.update,
                 )
                 latents = unpatchify(tokens, h, w, p)
+                if not decode:
+                    out.append(latents.cpu())
+                    continue
                 # One image at a time: decoding dominates memory at large sizes, and an image's
                 # pixels stay the same whatever batch it was sampled in.
                 out.extend(to_uint8(self.autoencoder.decode(latent[None])).numpy() for latent in latents)
-        return np.concatenate(out)
+        return out
 
 
 def write_samples(

@@ -1,0 +1,74 @@
+"""FiTv2Pipeline: from_pretrained / save_pretrained with a model card, and the one-call sampler."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fitv2 import FiTv2Pipeline
+from fitv2.cli import main
+from fitv2.generate import Sampler
+from fitv2.sampling import Guidance, SolverConfig
+
+
+@pytest.fixture(scope="module")
+def ckpt(cli_run):
+    return cli_run / "run" / "checkpoints" / "step_0000006"
+
+
+def test_one_call_equals_the_sampler(ckpt):
+    pipe = FiTv2Pipeline.from_pretrained(ckpt)
+    images = pipe(labels=[0, 2], height=16, width=32, num_inference_steps=4, guidance_scale=2.0, output_type="np")
+    sampler = Sampler.load(ckpt)
+    expected = sampler.generate(
+        16, 32, torch.tensor([0, 2]), SolverConfig("euler", steps=4), Guidance(scale=2.0), progress=False
+    )
+    assert images.dtype == np.uint8 and np.array_equal(images, expected)
+    pil = pipe(labels=torch.tensor([1]), height=16, width=32, num_inference_steps=4, guidance_scale=2.0)
+    assert isinstance(pil[0], Image.Image) and pil[0].size == (32, 16)
+    latents = pipe(labels=[0, 2], height=16, width=32, num_inference_steps=4, output_type="latent")
+    assert latents.shape == (2, 3, 16, 32)  # pixel space: the latents are the images in [-1, 1]
+    default = pipe(labels=[1], num_inference_steps=2, output_type="np")
+    side = pipe.config.rope_train_len * 4
+    assert default.shape == (1, side, side, 3)  # the training size by default
+
+
+def test_save_pretrained_round_trips_and_writes_a_model_card(ckpt, tmp_path):
+    pipe = FiTv2Pipeline.from_pretrained(ckpt)
+    out = pipe.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "fitv2-pipeline" and config["model"] == pipe.config.to_dict()
+    assert config["dataset"]["class_names"] == pipe.sampler.class_names and config["step"] == 6
+    card = (out / "README.md").read_text()
+    params = sum(p.numel() for p in pipe.model.parameters())
+    assert f"{params:,} parameters" in card and "from fitv2 import FiTv2Pipeline" in card
+    assert "arXiv:2410.13925" in card and "arXiv:2402.12376" in card and "license: mit" in card
+    assert "6 steps of batch 4" in card
+
+    again = FiTv2Pipeline.from_pretrained(out)
+    kwargs = dict(labels=[0, 1], height=16, width=16, num_inference_steps=3, output_type="np")
+    assert np.array_equal(again(**kwargs), pipe(**kwargs))
+    assert (
+        main(["sample", str(out), "--sizes", "16x16", "--per-class", "1", "--steps", "2", "--out", str(tmp_path / "s")])
+        == 0
+    )
+
+
+def test_bad_calls(ckpt):
+    pipe = FiTv2Pipeline.from_pretrained(ckpt)
+    with pytest.raises(ValueError, match=r"labels .* or prompts"):
+        pipe(labels=[0], prompts=["a"])
+    with pytest.raises(ValueError, match="output_type"):
+        pipe(labels=[0], output_type="tensor")
+    with pytest.raises(ValueError, match="class-conditional"):
+        pipe(prompts=["a red disc"])
+
+
+def test_importing_fitv2_stays_light():
+    code = "import sys, fitv2; assert 'torch' not in sys.modules; fitv2.FiTv2Pipeline; assert 'torch' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
