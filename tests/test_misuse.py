@@ -66,6 +66,9 @@ CASES = [
     ("sample {ckpt} --prompt a --text-encoder t5", "--text-encoder must be"),
     ("sample {ckpt} --prompt a --per-class 2", "do not go together"),
     ("evaluate {file} --reference {file} --clip {missing}", "CLIP model folder not found"),
+    ("convert {missing} {out}", "checkpoint not found"),
+    ("convert {junk} {out}", "name its preset"),
+    ("convert {ckpt} {file}", "is a file"),
     # train
     ("train --data {data} --out {out} --batch-size 0", "--batch-size must be at least 1"),
     ("train --data {data} --out {out} --ckpt-every 0", "--ckpt-every must be at least 1"),

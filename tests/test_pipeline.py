@@ -72,3 +72,29 @@ def test_bad_calls(ckpt):
 def test_importing_fitv2_stays_light():
     code = "import sys, fitv2; assert 'torch' not in sys.modules; fitv2.FiTv2Pipeline; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".bin"])
+def test_convert_turns_a_released_weights_file_into_a_pretrained_folder(tmp_path, capsys, suffix):
+    from conftest import randomize
+    from safetensors.torch import save_file
+
+    from fitv2.config import model_config
+    from fitv2.model import build_model
+
+    model = randomize(build_model(model_config("FiTv2-Micro/4"))).eval()
+    file = tmp_path / f"released{suffix}"
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, file) if suffix == ".safetensors" else torch.save({"ema": state}, file)
+    assert main(["convert", str(file), str(tmp_path / "out"), "--preset", "FiTv2-Micro/4"]) == 0
+    assert "with a model card" in capsys.readouterr().out
+    pipe = FiTv2Pipeline.from_pretrained(tmp_path / "out")
+    direct = FiTv2Pipeline.from_pretrained(file, preset="FiTv2-Micro/4")
+    kwargs = dict(labels=[1, 4], height=16, width=16, num_inference_steps=3, output_type="np")
+    assert np.array_equal(pipe(**kwargs), direct(**kwargs))
+    assert "not recorded (converted from released weights)" in (tmp_path / "out" / "README.md").read_text()
+
+    assert main(["convert", str(file), str(tmp_path / "out"), "--preset", "FiTv2-Micro/4"]) == 2  # not over it
+    assert "already holds files" in capsys.readouterr().err
+    assert main(["convert", str(file), str(tmp_path / "other")]) == 2
+    assert "--preset" in capsys.readouterr().err

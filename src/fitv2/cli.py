@@ -19,6 +19,7 @@ from typing import Any
 from .errors import ConfigError, MissingFileError, UserError
 from .options import (
     ClassifierOptions,
+    ConvertOptions,
     DemoOptions,
     EvaluateOptions,
     ModelsOptions,
@@ -246,6 +247,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    opts = ConvertOptions.from_dict(given(args, ConvertOptions))
+    opts.check_environment()
+    from .pipeline import FiTv2Pipeline
+
+    pipe = FiTv2Pipeline.from_pretrained(
+        opts.source, preset=opts.preset, weights=opts.weights, autoencoder=opts.autoencoder
+    )
+    out = pipe.save_pretrained(opts.dest)
+    params = sum(p.numel() for p in pipe.model.parameters())
+    print(f"{pipe.config.name} ({params:,} parameters) written to {out} with a model card ({out / 'README.md'})")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     opts = DemoOptions.from_dict(given(args, DemoOptions))
     opts.check_environment()
@@ -287,6 +302,7 @@ COMMANDS = {
         cmd_train_classifier,
         "train the small feature network used by `fitv2 evaluate`",
     ),
+    "convert": (ConvertOptions, cmd_convert, "turn released weights or a checkpoint into a from_pretrained folder"),
     "demo": (DemoOptions, cmd_demo, "prepare the embedded clipart data, train a small model on the CPU, sample"),
 }
 

@@ -475,6 +475,34 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @dataclass
+class ConvertOptions(Options):
+    source: str = opt(positional=True, help="a released weights file (.safetensors, .bin, .pt) or a checkpoint folder")
+    dest: str = opt(positional=True, help="the folder to write (save_pretrained layout, with a model card)")
+    preset: str | None = opt(
+        None, choices=tuple(PRESETS), help="the preset of a released weights file, e.g. FiTv2-XL/2"
+    )
+    weights: Literal["ema", "model"] = opt("ema", help="which weights of a checkpoint folder")
+    autoencoder: str | None = opt(
+        None, help="'pixel' or the VAE folder to record (a released latent model needs one, e.g. SD-VAE ft-EMA)"
+    )
+    overwrite: bool = opt(False, help="write into a DEST that already holds files")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def check_environment(self) -> None:
+        check_exists(self.source, "checkpoint")
+        if Path(self.source).is_file() and self.preset is None:
+            raise ConfigError(f"{self.source} is a bare weights file: name its preset with --preset (e.g. FiTv2-XL/2)")
+        if self.autoencoder not in (None, "pixel"):
+            check_exists(self.autoencoder, "VAE folder")
+        check_output_dir(self.dest, "DEST")
+        dest = Path(self.dest)
+        if dest.is_dir() and any(dest.iterdir()) and not self.overwrite:
+            raise UserError(f"{self.dest} already holds files; choose another DEST or pass --overwrite")
+
+
+@dataclass
 class DemoOptions(Options):
     minutes: float = opt(8.0, gt=0, help="training time budget in minutes")
     out: str | None = opt(None, help="output folder (not set: runs/demo, with --text runs/demo_text)")
