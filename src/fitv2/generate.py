@@ -377,10 +377,19 @@ class Sampler:
         Checks the memory first (unless ``force``); ``progress``: one bar over the solver steps of all
         batches."""
         return np.concatenate(
-            self._generate(height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, True)
+            self._generate(
+                height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, decode=True
+            )
         )
 
     def generate_latents(
+        self, height: int, width: int, labels: torch.Tensor | TextFeatures, **options: Any
+    ) -> torch.Tensor:
+        """The latents (N, C, h·p, w·p) that :meth:`generate` decodes (its options, the same noise)."""
+        return torch.cat(self._generate(height, width, labels, **options, decode=False))
+
+    @torch.no_grad()
+    def _generate(
         self,
         height: int,
         width: int,
@@ -392,25 +401,7 @@ class Sampler:
         batch_size: int = 64,
         progress: bool = True,
         force: bool = False,
-    ) -> torch.Tensor:
-        """The latents (N, C, h·p, w·p) that :meth:`generate` decodes into its images (same noise)."""
-        return torch.cat(
-            self._generate(height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, False)
-        )
-
-    @torch.no_grad()
-    def _generate(
-        self,
-        height: int,
-        width: int,
-        labels: torch.Tensor | TextFeatures,
-        solver: SolverConfig,
-        guidance: Guidance,
-        rope: RopeScaling | None,
-        seed: int,
-        batch_size: int,
-        progress: bool,
-        force: bool,
+        *,
         decode: bool,
     ) -> list[Any]:
         h, w = check_size(height, width, self.unit)

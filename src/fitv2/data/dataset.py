@@ -232,18 +232,13 @@ class TokenLoader:
             rows = first_fit_rows([h * w + M for _, h, w in items], self.row_length)
             packed = pack_sequences(items, rows, length=self.row_length, text_len=M)
         n = packed.layout.images_per_row
-        row_labels = torch.zeros(len(rows), n, dtype=torch.long)
-        row_ids = torch.full_like(row_labels, -1)
-        row_text = None
-        if text is not None:
-            row_text = TextFeatures(
-                text.features.new_zeros(len(rows), n, *text.features.shape[1:]),
-                text.mask.new_zeros(len(rows), n, *text.mask.shape[1:]),
-            )
-        for r, row in enumerate(rows):
-            row_labels[r, : len(row)] = labels_t[row]
-            row_ids[r, : len(row)] = ids_t[row]
-            if text is not None and row_text is not None:
-                row_text.features[r, : len(row)] = text.features[row]
-                row_text.mask[r, : len(row)] = text.mask[row]
-        return Batch(packed, row_labels, row_ids, len(items), row_text)
+
+        def by_row(values: Tensor, fill: int = 0) -> Tensor:
+            """Per-example values (B, ...) -> per-slot (rows, n, ...); empty slots hold ``fill``."""
+            out = values.new_full((len(rows), n, *values.shape[1:]), fill)
+            for r, row in enumerate(rows):
+                out[r, : len(row)] = values[row]
+            return out
+
+        row_text = TextFeatures(by_row(text.features), by_row(text.mask)) if text is not None else None
+        return Batch(packed, by_row(labels_t), by_row(ids_t, -1), len(items), row_text)

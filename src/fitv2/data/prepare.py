@@ -124,13 +124,6 @@ def encode_pair(image: np.ndarray, autoencoder: Autoencoder, patch_size: int) ->
 CAPTION_SOURCES = ("caption", "filename")
 
 
-def _first_of_each_group(items: list[dict]) -> list[int]:
-    seen: dict[int, int] = {}
-    for i, item in enumerate(items):
-        seen.setdefault(item["group"], i)
-    return [seen[g] for g in sorted(seen)]
-
-
 def write_text(out: Path, encoder: TextEncoder | None, captions: list[str], progress: bool) -> dict:
     """Encode one caption per kept image into ``text/NNNNN.safetensors`` ("features" (n, M, dim)
     float16, "mask" (n, M) uint8) and the empty caption into ``text/null.safetensors``; the
@@ -222,6 +215,7 @@ def prepare(
     writer = ShardWriter(out, shard_tokens)
     report = PrepareReport()
     items = []
+    captions = []  # one per kept image, in group order
     jobs = [(s.path, budget, unit, min_tokens, min_std) for s in sources]
     with Pool(workers) if workers > 1 else _InProcess() as pool:
         results = pool.imap(_variants, jobs, chunksize=8)
@@ -250,6 +244,7 @@ def prepare(
                 )
                 report.sequences += 1
                 report.tokens += h * w
+            captions.append(src.caption)
             report.images += 1
             if report.images % 100 == 0:
                 bar.set_postfix(kept=report.images, skipped=sum(report.skipped.values()), refresh=False)
@@ -258,7 +253,7 @@ def prepare(
             f"no usable images in {source}: all {len(sources)} files were skipped "
             f"({_skip_summary(report)}); nothing was written"
         )
-    text = write_text(out, encoder, [items[i]["caption"] for i in _first_of_each_group(items)], progress)
+    text = write_text(out, encoder, captions, progress)
     writer.flush()
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "items.jsonl", "w") as f:
