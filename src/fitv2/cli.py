@@ -171,6 +171,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     opts = SampleOptions.from_dict(given(args, SampleOptions))
     opts.check_environment()
+    import numpy as np
+    import torch
+
     from .config import Runtime
     from .generate import Sampler, check_size, write_samples
     from .model.rope import rope_scaling
@@ -228,20 +231,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     rope_name = opts.rope if opts.rope is not None else sampler.training_rope
     rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
     sampler.check_memory(sizes, min(opts.batch_size, count), guidance, solver, num_images=count, force=opts.force)
+    options = dict(seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress, force=opts.force)
     results = {}
-    for height, width in sizes:
-        results[(height, width)] = sampler.generate(
-            height,
-            width,
-            condition,
-            solver,
-            guidance,
-            rope,
-            opts.seed,
-            opts.batch_size,
-            progress=opts.progress,
-            force=opts.force,
+    if len(sizes) > 1 and opts.mixed != "per-size":  # every (size, image) in one job of mixed batches
+        every = [size for size in sizes for _ in range(count)]
+        conditions = condition[torch.arange(count).repeat(len(sizes))]
+        images = sampler.generate_mixed(
+            every, conditions, solver, guidance, rope, **options, pack=opts.mixed == "packed"
         )
+        for k, size in enumerate(sizes):
+            results[size] = np.stack(images[k * count : (k + 1) * count])
+    else:
+        for height, width in sizes:
+            results[(height, width)] = sampler.generate(height, width, condition, solver, guidance, rope, **options)
     grid = write_samples(opts.out, results, labels, sampler.class_names, prompts=prompts)
     print(f"{count} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
     return 0

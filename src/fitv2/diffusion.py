@@ -121,21 +121,24 @@ def ddpm_sample(
     generator: Generators = None,
     progress: bool = False,
     on_step: Callable[[], None] | None = None,
+    draw: Callable[[torch.Size], Tensor] | None = None,
 ) -> Tensor:
     """Run the reverse chain from x (pure noise) at the last step down to x_0.
 
     denoiser(x, timestep, flow_t) → (eps, var or None), where timestep is the original integer step
     (B,) and flow_t = 1 − timestep / T is the same point on FiTv2's 0 (noise) → 1 (data) time axis,
     for guidance schedules and intervals. generator: see :data:`Generators`; on_step: called after
-    each step."""
+    each step; draw: the step noise of x's shape instead of ``gaussian(shape, generator)`` (a mixed-size
+    batch draws each image's noise from its own generator)."""
     from tqdm import tqdm
 
+    draw = draw or (lambda shape: gaussian(shape, generator))
     coef = diffusion.posterior()
     steps = range(len(diffusion.betas) - 1, -1, -1)
     for i in tqdm(steps, desc="ddpm", unit="step", disable=not progress, leave=False):
         timestep = diffusion.timestep_map[i].to(x.device).float().expand(x.shape[0])
         eps, var = denoiser(x, timestep, 1 - float(diffusion.timestep_map[i]) / diffusion.num_steps)
-        noise = gaussian(x.shape, generator).to(x.device) if i > 0 else None
+        noise = draw(x.shape).to(x.device) if i > 0 else None
         x = ddpm_step(x, eps, var, i, coef, noise)
         if on_step:
             on_step()

@@ -27,7 +27,7 @@ from .model.fit import FiT
 from .model.flops import inference_activation_bytes
 from .model.rope import NAMED_SCALINGS, RopeScaling
 from .plot import image_grid
-from .sampling import Guidance, SolverConfig, sample_tokens
+from .sampling import Guidance, SolverConfig, sample_mixed, sample_tokens
 from .seeds import generator
 from .text import TextFeatures, load_text_encoder, parse_text_encoder
 from .tokens import unpatchify
@@ -129,17 +129,19 @@ def estimate_memory(
     solver: SolverConfig = SolverConfig(),
     guidance: Guidance = Guidance(),
     num_images: int | None = None,
+    masked: bool = False,
 ) -> MemoryEstimate:
     """The peak memory of :meth:`Sampler.generate` for one batch at height × width pixels, from the
-    model's activations for the batch's tokens (doubled by guidance; sampling rows are never
-    padded, so attention needs no N × N scores), the solver state, decoding one image and the
+    model's activations for the batch's tokens (doubled by guidance; rows of one size are never
+    padded, so attention needs no N × N scores; ``masked``: a mixed-size batch, whose padded or packed
+    rows of at most this size's tokens may), the solver state, decoding one image and the
     ``num_images`` (default ``batch_size``) uint8 results."""
     cfg = model.config
     unit = cfg.patch_size * autoencoder.downsample
     tokens = (height // unit) * (width // unit) + cfg.text_len  # a text model's caption slots too
     rows = batch_size * (2 if guidance.doubles_batch else 1)
     value_bytes = next(model.parameters()).element_size()
-    activations = inference_activation_bytes(cfg, rows, tokens, value_bytes=value_bytes)
+    activations = inference_activation_bytes(cfg, rows, tokens, masked=masked, value_bytes=value_bytes)
     copies = _SOLVER_COPIES.get(solver.solver, _ADAPTIVE_COPIES)
     solver_bytes = copies * rows * tokens * cfg.token_dim * 4
     images = 2 * (num_images or batch_size) * height * width * 3
@@ -326,10 +328,13 @@ class Sampler:
         solver: SolverConfig = SolverConfig(),
         guidance: Guidance = Guidance(),
         num_images: int | None = None,
+        masked: bool = False,
     ) -> MemoryEstimate:
         """See :func:`estimate_memory`."""
         check_size(height, width, self.unit)
-        return estimate_memory(self.model, self.autoencoder, height, width, batch_size, solver, guidance, num_images)
+        return estimate_memory(
+            self.model, self.autoencoder, height, width, batch_size, solver, guidance, num_images, masked
+        )
 
     def check_memory(
         self,
@@ -387,6 +392,73 @@ class Sampler:
     ) -> torch.Tensor:
         """The latents (N, C, h·p, w·p) that :meth:`generate` decodes (its options, the same noise)."""
         return torch.cat(self._generate(height, width, labels, **options, decode=False))
+
+    @torch.no_grad()
+    def generate_mixed(
+        self,
+        sizes: list[tuple[int, int]],
+        labels: torch.Tensor | TextFeatures,
+        solver: SolverConfig = SolverConfig(),
+        guidance: Guidance = Guidance(),
+        rope: RopeScaling | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        progress: bool = True,
+        force: bool = False,
+        *,
+        pack: bool = False,
+        indices: list[int] | None = None,
+        decode: bool = True,
+    ) -> list[Any]:
+        """Image j at ``sizes[j]`` (pixels) with label (or caption) j, many sizes in one batch: a list of
+        uint8 (H_j, W_j, 3) images, or of latents (C, h·p, w·p) when not ``decode``.
+
+        Up to ``batch_size`` images, longest first, share a model call: packed into rows as long as the
+        longest (``pack``) or padded to it (the default: faster in ``benchmarks/results/mixed_sizes.md``). Image j's noise comes from (seed, H_j, W_j, ``indices[j]``),
+        the index defaulting to how many images of its size precede it, so each image equals the one
+        :meth:`generate` makes at its size (up to float rounding)."""
+        if len(sizes) != len(labels):
+            raise ValueError(f"{len(sizes)} sizes for {len(labels)} conditions")
+        grids = [check_size(height, width, self.unit) for height, width in sizes]
+        if indices is None:
+            seen: dict[tuple[int, int], int] = {}
+            indices = []
+            for size in sizes:
+                indices.append(seen.get(size, 0))
+                seen[size] = indices[-1] + 1
+        batch_size = max(1, min(batch_size, len(sizes)))
+        largest = max(sizes, key=lambda s: s[0] * s[1])
+        estimate = self.estimate_memory(*largest, batch_size, solver, guidance, len(sizes), masked=True)
+        check_memory(estimate, self.device, force)
+        order = sorted(range(len(sizes)), key=lambda j: -grids[j][0] * grids[j][1])
+        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        per_batch = solver.progress_steps
+        bar = tqdm(
+            total=per_batch * len(batches) if per_batch else None,
+            desc=f"{len(set(sizes))} sizes",
+            unit="step" if per_batch else "eval",
+            disable=not progress,
+        )
+        p = self.model.config.patch_size
+        out: list[Any] = [None] * len(sizes)
+        with bar:
+            for n, chunk in enumerate(batches, 1):
+                bar.set_postfix_str(f"batch {n}/{len(batches)}")
+                tokens = sample_mixed(
+                    self.model,
+                    [grids[j] for j in chunk],
+                    labels[torch.tensor(chunk)],
+                    [generator(seed, *sizes[j], indices[j]) for j in chunk],
+                    solver=solver,
+                    guidance=guidance,
+                    rope=rope,
+                    pack=pack,
+                    on_step=bar.update,
+                )
+                for j, t in zip(chunk, tokens):
+                    latent = unpatchify(t[None], *grids[j], p)
+                    out[j] = to_uint8(self.autoencoder.decode(latent))[0].numpy() if decode else latent[0].cpu()
+        return out
 
     @torch.no_grad()
     def _generate(

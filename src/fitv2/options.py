@@ -376,6 +376,11 @@ class SampleOptions(Options):
     attn_scale: str | None = opt(None, choices=ATTN_SCALES, help="override the attention scale")
     seed: int = opt(0, ge=0, help="seed of the noise and the random labels")
     batch_size: int = opt(64, ge=1, help="images per model call (does not change the images)")
+    mixed: Literal["padded", "packed", "per-size"] = opt(
+        "padded",
+        help="several --sizes: one batch of all sizes, padded rows (fastest measured) or packed ones; or one "
+        "batch per size (the images are the same beyond rounding)",
+    )
     device: str = opt("cpu", help="auto, cpu, cuda, cuda:N or mps")
     attention: str = opt(
         "auto", choices=ATTENTION_NAMES, help="attention kernel (does not change the images beyond rounding)"

@@ -104,6 +104,7 @@ class FiTv2Pipeline:
         prompts: list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
+        sizes: list[tuple[int, int]] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         solver: str = "euler",
@@ -112,9 +113,14 @@ class FiTv2Pipeline:
         output_type: str = "pil",
         batch_size: int = 64,
         progress: bool = False,
-    ) -> list[Image.Image] | np.ndarray | torch.Tensor:
+        pack: bool = False,
+    ) -> list[Image.Image] | np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]:
         """Images of ``height`` × ``width`` pixels (default: the training budget side), one per label or
         prompt: PIL images (``output_type="pil"``), uint8 (N, H, W, 3) (``"np"``) or the latents (``"latent"``).
+
+        ``sizes``: one (height, width) per label or prompt instead, all sampled in one padded batch (packed
+        rows with ``pack=True``) of up to ``batch_size`` images; the result is then a list (PIL images, uint8
+        arrays or latents) with each image equal to sampling its size alone.
 
         ``rope``: an extrapolation method by name (default: the one the weights were trained with);
         ``solver``: euler, heun, sde or a torchdiffeq method; sample i's noise comes from (seed, size, i)."""
@@ -122,6 +128,8 @@ class FiTv2Pipeline:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}; got {output_type!r}")
         if (labels is None) == (prompts is None):
             raise ValueError("give labels (a class-conditional model) or prompts (a text-to-image model)")
+        if sizes is not None and (height is not None or width is not None):
+            raise ValueError("give sizes=[(h, w), ...] or height and width, not both")
         side = self.config.rope_train_len * self.sampler.unit
         height, width = height or side, width or side
         condition: Any
@@ -137,6 +145,12 @@ class FiTv2Pipeline:
             batch_size=batch_size,
             progress=progress,
         )
+        if sizes is not None:
+            sizes = [(int(h), int(w)) for h, w in sizes]
+            if len(sizes) != len(condition):
+                raise ValueError(f"{len(sizes)} sizes for {len(condition)} labels or prompts")
+            out = self.sampler.generate_mixed(sizes, condition, **options, pack=pack, decode=output_type != "latent")
+            return [Image.fromarray(im) for im in out] if output_type == "pil" else out
         if output_type == "latent":
             return self.sampler.generate_latents(height, width, condition, **options)
         images = self.sampler.generate(height, width, condition, **options)

@@ -24,7 +24,7 @@ from .diffusion import Diffusion, Generators, ddpm_sample, gaussian
 from .errors import ConfigError
 from .model.rope import RopeScaling
 from .text import TextFeatures
-from .tokens import TokenBatch, TokenLayout, image_layout
+from .tokens import TokenBatch, TokenLayout, first_fit_rows, image_layout, pack_sequences, pad_sequences
 
 GUIDED_CHANNELS = ("all", "reference")
 GUIDANCE_SCHEDULES = ("constant", "power-cos")
@@ -261,9 +261,13 @@ def sde_grid(cfg: SolverConfig) -> Tensor:
     return torch.linspace(t0, 1.0 - last, cfg.steps)
 
 
+NoiseDraw = Callable[[torch.Size], Tensor] | None  # step noise of a shape; None: gaussian(shape, generator)
+
+
 def euler_maruyama(
-    f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None
+    f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None, draw: NoiseDraw = None
 ) -> Tensor:
+    draw = draw or (lambda shape: gaussian(shape, generator))
     last = 0.0 if cfg.last_step == "None" else cfg.last_step_size
     ts = sde_grid(cfg)
     dt = ts[1] - ts[0]
@@ -274,7 +278,7 @@ def euler_maruyama(
         return v + sde_diffusion(cfg.diffusion_form, tt, cfg.diffusion_norm) * score_from_velocity(v, x, tt)
 
     for t in ts[:-1]:
-        noise = gaussian(x.shape, generator).to(x.device)
+        noise = draw(x.shape).to(x.device)
         w = sde_diffusion(cfg.diffusion_form, t, cfg.diffusion_norm).to(x.device)
         x = x + drift(t, x) * dt + torch.sqrt(2 * w) * noise * torch.sqrt(dt)
         if on_step:
@@ -293,11 +297,13 @@ def euler_maruyama(
     return x
 
 
-def integrate(f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None) -> Tensor:
+def integrate(
+    f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None, draw: NoiseDraw = None
+) -> Tensor:
     """Integrate dx/dt = f(t, x) from t = 0 to 1 (or run the SDE) with the configured solver;
-    ``on_step()`` after each step (see :attr:`SolverConfig.progress_steps`)."""
+    ``on_step()`` after each step (see :attr:`SolverConfig.progress_steps`); ``draw``: the SDE's step noise."""
     if cfg.solver == "sde":
-        return euler_maruyama(f, x, cfg, generator, on_step)
+        return euler_maruyama(f, x, cfg, generator, on_step, draw)
     ts = torch.linspace(0.0, 1.0, cfg.steps + 1)
     if cfg.solver == "euler":
         return euler(f, x, ts, on_step)
@@ -323,6 +329,55 @@ def noise_tokens(
     return TokenBatch(x, image_layout(batch_size, h, w, text_len))
 
 
+def check_request(model, labels: Tensor | TextFeatures, solver: SolverConfig) -> None:
+    """A ConfigError when the solver or the kind of condition does not fit the model."""
+    discrete = not model.config.continuous_time
+    if discrete and solver.solver != "ddpm":
+        raise ConfigError(
+            "this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
+            "(250 steps for the published numbers)"
+        )
+    if not discrete and solver.solver == "ddpm":
+        raise ConfigError(
+            "solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, dopri5 or sde"
+        )
+    text_len = model.config.text_len
+    if isinstance(labels, TextFeatures) != (text_len > 0):
+        need = "caption features (TextFeatures)" if text_len else "class labels"
+        raise ConfigError(f"this model is conditioned on {need}")
+    if isinstance(labels, TextFeatures) and labels.mask.shape[-1] != text_len:
+        raise ValueError(f"captions of {labels.mask.shape[-1]} tokens for a model with {text_len} text slots")
+
+
+def _run(
+    model,
+    tokens: TokenBatch,
+    labels: Tensor | TextFeatures,
+    solver: SolverConfig,
+    guidance: Guidance,
+    rope: RopeScaling | None,
+    generator: Generators,
+    on_step: StepCallback,
+    draw: NoiseDraw = None,
+) -> Tensor:
+    """Integrate a prepared batch (its initial noise in ``tokens.x``) to the final tokens (B, N, p²·C)."""
+    field_ = VelocityField(model, labels, tokens.layout, guidance, rope)
+    if not model.config.continuous_time:
+        diffusion = Diffusion.respaced(solver.steps)
+        return ddpm_sample(field_.denoiser, tokens.x.float(), diffusion, generator, on_step=on_step, draw=draw)
+    return integrate(field_, tokens.x.float(), solver, generator, on_step, draw)
+
+
+def _progress_bar(progress: bool, on_step: StepCallback, solver: SolverConfig, desc: str):
+    """A progress bar over solver steps when asked for and no ``on_step`` is given: (bar or None, callback)."""
+    if not progress or on_step is not None:
+        return None, on_step
+    from tqdm import tqdm
+
+    bar = tqdm(total=solver.progress_steps, desc=desc, unit="step", leave=False)
+    return bar, bar.update
+
+
 @torch.no_grad()
 def sample_tokens(
     model,
@@ -345,40 +400,130 @@ def sample_tokens(
     step noise then come from generator i alone). noise: the initial noise (B, h·w, p²·C) instead.
     progress: a progress bar over solver steps; on_step: called after each step instead (see
     :attr:`SolverConfig.progress_steps`)."""
-    discrete = not model.config.continuous_time
-    if discrete and solver.solver != "ddpm":
-        raise ConfigError(
-            "this is a FiT v1 (DDPM, ε-prediction) model: sample it with solver 'ddpm' "
-            "(250 steps for the published numbers)"
-        )
-    if not discrete and solver.solver == "ddpm":
-        raise ConfigError(
-            "solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, dopri5 or sde"
-        )
-    text_len = model.config.text_len
-    if isinstance(labels, TextFeatures) != (text_len > 0):
-        need = "caption features (TextFeatures)" if text_len else "class labels"
-        raise ConfigError(f"this model is conditioned on {need}")
-    if isinstance(labels, TextFeatures) and labels.mask.shape[-1] != text_len:
-        raise ValueError(f"captions of {labels.mask.shape[-1]} tokens for a model with {text_len} text slots")
+    check_request(model, labels, solver)
     if not isinstance(generator, torch.Generator | None) and len(generator) != len(labels):
         raise ValueError(f"{len(generator)} generators for {len(labels)} samples")
     device = next(model.parameters()).device
     labels = labels.to(device)
-    tokens = noise_tokens(len(labels), h, w, model.config.token_dim, generator, noise, text_len).to(device)
-    field_ = VelocityField(model, labels, tokens.layout, guidance, rope)
-    bar = None
-    if progress and on_step is None:
-        from tqdm import tqdm
-
-        bar = tqdm(total=solver.progress_steps, desc=f"{h}x{w} tokens", unit="step", leave=False)
-        on_step = bar.update
+    tokens = noise_tokens(len(labels), h, w, model.config.token_dim, generator, noise, model.config.text_len)
+    bar, on_step = _progress_bar(progress, on_step, solver, f"{h}x{w} tokens")
     try:
-        if discrete:
-            return ddpm_sample(
-                field_.denoiser, tokens.x.float(), Diffusion.respaced(solver.steps), generator, on_step=on_step
-            )
-        return integrate(field_, tokens.x.float(), solver, generator, on_step)[:, : h * w]  # the image tokens
+        out = _run(model, tokens.to(device), labels, solver, guidance, rope, generator, on_step)
+        return out[:, : h * w]  # the image tokens
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# ----------------------------------------------------------------------------- mixed sizes
+
+
+@dataclass(frozen=True)
+class MixedBatch:
+    """Images of different token grids in one batch, padded (one image per row, as long as the longest)
+    or packed (several per row, first fit, rows of ``pack`` tokens or, for ``pack=True``, as long as the
+    longest image), and where each image lies.
+
+    Each image i takes ``h_i·w_i`` tokens and, for a text-to-image model, its M text slots after them.
+    """
+
+    layout: TokenLayout
+    grids: tuple[tuple[int, int], ...]
+    where: tuple[tuple[int, int, int], ...]  # image i -> (row, slot in the row, first token)
+    text_len: int = 0
+
+    @classmethod
+    def build(cls, grids: list[tuple[int, int]], text_len: int = 0, pack: bool | int = False) -> MixedBatch:
+        M = text_len
+        lengths = [h * w + M for h, w in grids]
+        items = [(torch.zeros(h * w, 1), h, w) for h, w in grids]
+        if pack:
+            row_length = max(lengths) if pack is True else int(pack)
+            if row_length < max(lengths):
+                raise ValueError(f"packed rows of {row_length} tokens cannot hold an image of {max(lengths)}")
+            rows = first_fit_rows(lengths, row_length)
+            layout = pack_sequences(
+                items, rows, length=max(sum(lengths[i] for i in r) for r in rows), text_len=M
+            ).layout
+        else:
+            rows = [[i] for i in range(len(grids))]
+            layout = pad_sequences(items, text_len=M).layout
+        where: list[tuple[int, int, int]] = [(0, 0, 0)] * len(grids)
+        for r, row in enumerate(rows):
+            start = 0
+            for slot, i in enumerate(row):
+                where[i] = (r, slot, start)
+                start += lengths[i]
+        return cls(layout, tuple(grids), tuple(where), M)
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def scatter(self, values: list[Tensor]) -> Tensor:
+        """Per-image values (n_i, D), n_i ≤ h_i·w_i + M, into the rows (B, N, D); zeros elsewhere."""
+        out = values[0].new_zeros(self.layout.batch_size, self.layout.length, values[0].shape[-1])
+        for (r, _, start), v in zip(self.where, values):
+            out[r, start : start + len(v)] = v
+        return out
+
+    def gather(self, x: Tensor) -> list[Tensor]:
+        """Each image's tokens (h_i·w_i, D) from rows (B, N, D)."""
+        return [x[r, start : start + h * w] for (r, _, start), (h, w) in zip(self.where, self.grids)]
+
+    def per_slot(self, values: Tensor | TextFeatures) -> Tensor | TextFeatures:
+        """Per-image conditions (images, ...) as the rows take them: (B, ...) padded, (B, n, ...) packed.
+        A packed row's empty slots repeat its first image's condition (they hold no token)."""
+        if not self.layout.packed:  # row i holds image i
+            return values
+        B, n = self.layout.batch_size, self.layout.images_per_row
+        index = torch.zeros(B, n, dtype=torch.long)
+        for i, (r, slot, _) in enumerate(self.where):
+            index[r, slot] = i
+        empty = ~self.layout.real_images()
+        index[empty] = index[:, :1].expand(B, n)[empty]
+        return values[index]
+
+
+@torch.no_grad()
+def sample_mixed(
+    model,
+    grids: list[tuple[int, int]],
+    labels: Tensor | TextFeatures,
+    generators: list[torch.Generator],
+    *,
+    solver: SolverConfig = SolverConfig(),
+    guidance: Guidance = Guidance(),
+    rope: RopeScaling | None = None,
+    pack: bool | int = False,
+    progress: bool = False,
+    on_step: StepCallback = None,
+) -> list[Tensor]:
+    """Generate images of different sizes in one padded (``pack`` False) or packed batch (rows of ``pack``
+    tokens; True: as long as the longest image; see :class:`MixedBatch`): image i has
+    h_i × w_i tokens (``grids``), label (or caption) i and generator i; returns its tokens (h_i·w_i, p²·C).
+
+    Image i's draws are those :func:`sample_tokens` makes for it alone with generator i (initial noise
+    (h_i·w_i, p²·C), then SDE or DDPM step noise (h_i·w_i + M, p²·C) per step), and RoPE scales per
+    image, so the result equals sampling each size alone up to float rounding (attention over a padded or
+    packed row sums in another order)."""
+    if not len(grids) == len(labels) == len(generators):
+        raise ValueError(f"{len(grids)} sizes, {len(labels)} conditions and {len(generators)} generators")
+    check_request(model, labels, solver)
+    device = next(model.parameters()).device
+    D, M = model.config.token_dim, model.config.text_len
+    batch = MixedBatch.build(list(grids), M, pack)
+    x = batch.scatter([gaussian((h * w, D), g) for (h, w), g in zip(grids, generators)])
+
+    def draw(shape: torch.Size) -> Tensor:
+        return batch.scatter([gaussian((h * w + M, D), g) for (h, w), g in zip(grids, generators)])
+
+    sizes = sorted(set(grids), key=lambda g: g[0] * g[1])
+    desc = ", ".join(f"{h}x{w}" for h, w in sizes[:3]) + (" ..." if len(sizes) > 3 else "") + " tokens"
+    bar, on_step = _progress_bar(progress, on_step, solver, desc)
+    tokens = TokenBatch(x, batch.layout).to(device)
+    try:
+        out = _run(model, tokens, batch.per_slot(labels).to(device), solver, guidance, rope, None, on_step, draw)
+        return batch.gather(out)
     finally:
         if bar is not None:
             bar.close()
