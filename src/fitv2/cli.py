@@ -175,17 +175,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .config import Runtime
+    from .distributed import setup
     from .generate import Sampler, check_size, write_samples
     from .model.rope import rope_scaling
     from .sampling import Guidance, SolverConfig
 
     sizes = opts.size_list
+    env = setup(opts.device) if opts.npz else None
     sampler = Sampler.load(
         opts.checkpoint,
         preset=opts.preset,
         weights=opts.weights,
         autoencoder=opts.autoencoder,
-        device=opts.device,
+        device=str(env.device) if env else opts.device,
         runtime=Runtime(attention=opts.attention),
         text_encoder=opts.text_encoder,
     )
@@ -230,6 +232,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     rope_name = opts.rope if opts.rope is not None else sampler.training_rope
     rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
+    if env is not None:
+        return _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, rope_name)
     sampler.check_memory(sizes, min(opts.batch_size, count), guidance, solver, num_images=count, force=opts.force)
     options = dict(seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress, force=opts.force)
     results = {}
@@ -246,6 +250,42 @@ def cmd_sample(args: argparse.Namespace) -> int:
             results[(height, width)] = sampler.generate(height, width, condition, solver, guidance, rope, **options)
     grid = write_samples(opts.out, results, labels, sampler.class_names, prompts=prompts)
     print(f"{count} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
+    return 0
+
+
+def _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, rope_name: str) -> int:
+    """``fitv2 sample --npz``: one size into an ADM-format file, split over the torchrun ranks."""
+    from dataclasses import asdict
+
+    from .distributed import cleanup
+    from .npz import sample_npz
+
+    ignored = ("progress", "device", "attention", "out", "force", "npz", "batch_size", "mixed")
+    record = {k: v for k, v in asdict(opts).items() if k not in ignored}
+    record["checkpoint"] = str(Path(opts.checkpoint).resolve())
+    (height, width) = opts.size_list[0]
+    try:
+        path = sample_npz(
+            sampler,
+            opts.npz,
+            height,
+            width,
+            condition,
+            labels,
+            record,
+            env,
+            opts.progress,
+            solver=solver,
+            guidance=guidance,
+            rope=rope,
+            seed=opts.seed,
+            batch_size=opts.batch_size,
+            force=opts.force,
+        )
+    finally:
+        cleanup(env)
+    if env.is_main:
+        print(f"{len(condition)} images at {height}x{width} in {path} ({env.world_size} process(es), RoPE {rope_name})")
     return 0
 
 

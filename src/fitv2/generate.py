@@ -369,11 +369,13 @@ class Sampler:
         batch_size: int = 64,
         progress: bool = True,
         force: bool = False,
+        start: int = 0,
     ) -> np.ndarray:
         """uint8 images (N, H, W, 3), one per label (or per caption: :meth:`encode_prompts`).
 
         Sample i's noise (initial and, for SDE and DDPM, every step's) comes from its own generator
-        seeded by (seed, height, width, i), and images are decoded one at a time, so with the fixed-step
+        seeded by (seed, height, width, start + i) (``start``: where these samples begin in a larger
+        run), and images are decoded one at a time, so with the fixed-step
         solvers (euler, heun, sde, ddpm) image i depends only on (seed, size, i, its label), not on
         batch_size or the other labels, up to float rounding: BLAS picks its kernels by the number of
         rows, so a batch of 1 and one of 5 may differ in the last bit, which moves a rare pixel by one
@@ -383,7 +385,7 @@ class Sampler:
         batches."""
         return np.concatenate(
             self._generate(
-                height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, decode=True
+                height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, start, decode=True
             )
         )
 
@@ -414,7 +416,8 @@ class Sampler:
         uint8 (H_j, W_j, 3) images, or of latents (C, h·p, w·p) when not ``decode``.
 
         Up to ``batch_size`` images, longest first, share a model call: packed into rows as long as the
-        longest (``pack``) or padded to it (the default: faster in ``benchmarks/results/mixed_sizes.md``). Image j's noise comes from (seed, H_j, W_j, ``indices[j]``),
+        longest (``pack``) or padded to it (the default: faster in ``benchmarks/results/mixed_sizes.md``).
+        Image j's noise comes from (seed, H_j, W_j, ``indices[j]``),
         the index defaulting to how many images of its size precede it, so each image equals the one
         :meth:`generate` makes at its size (up to float rounding)."""
         if len(sizes) != len(labels):
@@ -473,6 +476,7 @@ class Sampler:
         batch_size: int = 64,
         progress: bool = True,
         force: bool = False,
+        start: int = 0,
         *,
         decode: bool,
     ) -> list[Any]:
@@ -490,10 +494,11 @@ class Sampler:
         )
         out: list[Any] = []
         with bar:
-            for n, start in enumerate(batches, 1):
-                chunk = labels[start : start + batch_size]
+            for n, offset in enumerate(batches, 1):
+                chunk = labels[offset : offset + batch_size]
                 bar.set_postfix_str(f"batch {n}/{len(batches)}")
-                generators = sample_generators(seed, height, width, range(start, start + len(chunk)))
+                first = start + offset
+                generators = sample_generators(seed, height, width, range(first, first + len(chunk)))
                 tokens = sample_tokens(
                     self.model,
                     h,

@@ -345,7 +345,12 @@ class SampleOptions(Options):
     sizes: str = opt("32x32", help="comma-separated HEIGHTxWIDTH in pixels, e.g. 32x32,24x48")
     labels: str | None = opt(None, help="comma-separated class ids (not set: random)")
     per_class: int | None = opt(None, ge=1, help="this many samples of every class")
-    num: int = opt(8, ge=1, help="number of random-class samples")
+    num: int = opt(
+        8,
+        ge=1,
+        aliases=("--num-images",),
+        help="number of random-class samples (--num-images under torchrun, whose own --numa-binding takes --num)",
+    )
     prompt: list[str] | None = opt(
         None,
         metavar="TEXT",
@@ -386,11 +391,22 @@ class SampleOptions(Options):
         "auto", choices=ATTENTION_NAMES, help="attention kernel (does not change the images beyond rounding)"
     )
     out: str = opt("runs/samples", help="output folder")
+    npz: str | None = opt(
+        None,
+        metavar="PATH",
+        help="evaluation: all images of one size in this ADM-format .npz instead of --out (split over "
+        "torchrun ranks, resumable)",
+    )
     force: bool = opt(False, help="sample even when the estimated memory exceeds what is free")
     progress: bool = opt(True, help="progress bars")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.npz is not None:
+            if not self.npz.endswith(".npz"):
+                raise ConfigError(f"--npz must name a .npz file; got {self.npz!r}")
+            if len(self.size_list) != 1:
+                raise ConfigError(f"--npz holds images of one size; --sizes gives {len(self.size_list)}")
         if self.solver is not None and self.solver not in (*SOLVERS, *TORCHDIFFEQ_METHODS):
             raise ConfigError(
                 f"--solver must be one of {', '.join(SOLVERS)} or a torchdiffeq method "
@@ -463,7 +479,14 @@ class SampleOptions(Options):
             check_exists(self.prompts_file, "prompts file")
         if self.text_encoder is not None and self.text_encoder.startswith("clip:"):
             check_exists(self.text_encoder[5:], "CLIP text model folder")
-        check_output_dir(self.out)
+        if self.npz is None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ConfigError("under torchrun, sample writes one evaluation file: give --npz PATH")
+            check_output_dir(self.out)
+        else:
+            if Path(self.npz).exists():
+                raise ConfigError(f"--npz {self.npz} exists; remove it or choose another path (it is not overwritten)")
+            check_output_dir(str(Path(self.npz).parent), "--npz")
         check_device(self.device)
         check_attention(self.attention, self.device)
 

@@ -37,14 +37,25 @@ def opt(
     positional: bool = False,
     metavar: str | None = None,
     choices: tuple | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A dataclass field with its help line, bounds (ge/gt/le/lt) and CLI settings.
 
     ``choices`` lists valid values of a ``str`` field whose choices are not a ``Literal``
-    (e.g. names defined elsewhere); ``flag=False`` keeps the field off the command line.
+    (e.g. names defined elsewhere); ``flag=False`` keeps the field off the command line;
+    ``aliases``: more flags for it.
     """
     metadata = dict(
-        help=help, ge=ge, gt=gt, le=le, lt=lt, flag=flag, positional=positional, metavar=metavar, choices=choices
+        help=help,
+        ge=ge,
+        gt=gt,
+        le=le,
+        lt=lt,
+        flag=flag,
+        positional=positional,
+        metavar=metavar,
+        choices=choices,
+        aliases=aliases,
     )
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -229,9 +240,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...
                 text += f"; one of: {', '.join(md['choices'])}"
         if md.get("metavar"):
             kwargs["metavar"] = md["metavar"]
-        parser.add_argument(
-            flag_name(f.name), dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"), **kwargs
-        )
+        flags = (flag_name(f.name), *md.get("aliases", ()))
+        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"), **kwargs)
 
 
 def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
