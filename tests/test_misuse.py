@@ -147,6 +147,17 @@ CASES = [
     ("train-classifier {images} --out {out} --max-minutes 0", "--max-minutes must be greater than 0"),
     ("train-classifier {images}", "--out is required"),
     ("train-classifier {missing} --out {out}", "not found"),
+    # serve
+    ("serve {ckpt} --port 0", "--port must be at least 1"),
+    ("serve {ckpt} --port 65536", "--port must be at most 65535"),
+    ("serve {missing}", "not found"),
+    ("serve {junk}", "bare weights file"),
+    # sample --npz, train --log-to
+    ("sample {ckpt} --npz {out}/x.png", "--npz must name a .npz file"),
+    ("sample {ckpt} --npz {out}/x.npz --sizes 32x32,16x16", "--npz holds images of one size"),
+    ("sample {ckpt} --npz {file}/x.npz", "is a file"),
+    ("sample {ckpt} --mixed stacked", "invalid choice: 'stacked'"),
+    ("train --data {data} --out {out} --log-to mlflow", "--log-to takes a comma-separated list"),
     # demo
     ("demo --minutes 0", "--minutes must be greater than 0"),
     ("demo --preset FiTv2-Huge/2", "invalid choice"),

@@ -125,3 +125,12 @@ def test_convert_turns_a_released_weights_file_into_a_pretrained_folder(tmp_path
     assert "already holds files" in capsys.readouterr().err
     assert main(["convert", str(file), str(tmp_path / "other")]) == 2
     assert "--preset" in capsys.readouterr().err
+
+
+def test_a_run_folder_loads_its_newest_checkpoint(cli_run, ckpt):
+    by_run = FiTv2Pipeline.from_pretrained(cli_run / "run")
+    by_folder = FiTv2Pipeline.from_pretrained(cli_run / "run" / "checkpoints")
+    direct = FiTv2Pipeline.from_pretrained(ckpt)
+    kwargs = dict(labels=[1], height=16, width=16, num_inference_steps=2, output_type="np")
+    assert np.array_equal(by_run(**kwargs), direct(**kwargs)) and np.array_equal(by_folder(**kwargs), direct(**kwargs))
+    assert by_run.sampler.record["step"] == 6

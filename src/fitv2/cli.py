@@ -25,6 +25,7 @@ from .options import (
     ModelsOptions,
     PrepareOptions,
     SampleOptions,
+    ServeOptions,
     TrainConfig,
 )
 from .schema import Parser, add_options, given
@@ -289,6 +290,15 @@ def _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, r
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    opts = ServeOptions.from_dict(given(args, ServeOptions))
+    opts.check_environment()
+    from .serve import serve
+
+    serve(opts)
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     opts = ConvertOptions.from_dict(given(args, ConvertOptions))
     opts.check_environment()
@@ -345,6 +355,7 @@ COMMANDS = {
         "train the small feature network used by `fitv2 evaluate`",
     ),
     "convert": (ConvertOptions, cmd_convert, "turn released weights or a checkpoint into a from_pretrained folder"),
+    "serve": (ServeOptions, cmd_serve, "a web page that samples a checkpoint (needs fitv2[web])"),
     "demo": (DemoOptions, cmd_demo, "prepare the embedded clipart data, train a small model on the CPU, sample"),
 }
 

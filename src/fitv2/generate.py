@@ -253,9 +253,14 @@ class Sampler:
         text_encoder: str | None = None,
         **overrides,
     ) -> Sampler:
-        """``runtime``: how the model runs (attention kernel); the weights and config come from the checkpoint.
+        """``checkpoint``: a checkpoint folder, a run folder (its newest intact checkpoint), or released weights
+        with ``preset``. ``runtime``: how the model runs (attention kernel); the weights and config come from
+        the checkpoint.
         ``text_encoder``: 'minilm' / 'clip:PATH' in place of the one recorded (a CLIP folder that moved)."""
+        from .run import newest_checkpoint
+
         path = Path(checkpoint)
+        path = newest_checkpoint(path) or path  # a run folder: its newest intact checkpoint
         if path.is_dir() and (path / "config.json").is_file():
             saved = json.loads((path / "config.json").read_text())
             meta = saved.get("dataset", {})

@@ -255,7 +255,13 @@ class TrainConfig(Options):
     compile: bool = opt(False, help="torch.compile each transformer block")
     grad_checkpointing: bool = opt(False, help="activation checkpointing: recompute each block in the backward pass")
     fsdp: bool = opt(False, help="under torchrun: shard parameters, gradients and optimizer state with FSDP2")
-    tensorboard: bool = opt(False, help="also log to OUT/tensorboard")
+    log_to: str = opt(
+        "",
+        metavar="LOGGERS",
+        help="also log to: tensorboard, wandb or both (comma-separated; extras of the same names)",
+    )
+    wandb_project: str = opt("fitv2", help="the wandb project of --log-to wandb")
+    tensorboard: bool = opt(False, help="the same as --log-to tensorboard (kept for older configs)")
     progress: bool = opt(True, help="progress bar")
     resume: str | None = opt(
         None,
@@ -291,6 +297,9 @@ class TrainConfig(Options):
             )
         if self.overwrite and self.resume:
             raise ConfigError("--overwrite and --resume contradict each other: choose one")
+        self.loggers  # noqa: B018  (parses --log-to)
+        if not self.wandb_project.strip():
+            raise ConfigError("--wandb-project must not be empty")
         if self.row_length is not None and self.batching != "pack":
             raise ConfigError(
                 f"--row-length is the row of --batching pack; with --batching {self.batching} "
@@ -317,6 +326,14 @@ class TrainConfig(Options):
         """How the model runs in this run (not part of the architecture)."""
         return Runtime(self.attention, self.grad_checkpointing, self.compile, self.precision)
 
+    @property
+    def loggers(self) -> tuple[str, ...]:
+        """The metric loggers of --log-to (and the older --tensorboard)."""
+        from .loggers import parse_loggers
+
+        names = parse_loggers(self.log_to)
+        return names if not self.tensorboard or "tensorboard" in names else ("tensorboard", *names)
+
     def check_environment(self) -> None:
         """Checks against this machine and the file system, before any data is read."""
         if not self.data:
@@ -338,7 +355,10 @@ class TrainConfig(Options):
 
 @dataclass
 class SampleOptions(Options):
-    checkpoint: str = opt(positional=True, help="checkpoint folder, or a released weights file with --preset")
+    checkpoint: str = opt(
+        positional=True,
+        help="checkpoint folder, run folder (its newest checkpoint), or a released weights file with --preset",
+    )
     preset: str | None = opt(None, choices=tuple(PRESETS), help="preset of a bare weights file, e.g. FiTv2-XL/2")
     weights: Literal["ema", "model"] = opt("ema", help="which weights of a checkpoint folder")
     autoencoder: str | None = opt(None, help="'pixel' or a VAE folder (not set: the one the model was trained with)")
@@ -528,6 +548,50 @@ class ConvertOptions(Options):
         dest = Path(self.dest)
         if dest.is_dir() and any(dest.iterdir()) and not self.overwrite:
             raise UserError(f"{self.dest} already holds files; choose another DEST or pass --overwrite")
+
+
+@dataclass
+class ServeOptions(Options):
+    checkpoint: str = opt(
+        positional=True, help="checkpoint, run or pretrained folder, or released weights with --preset"
+    )
+    host: str = opt("127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    port: int = opt(7860, ge=1, le=65535, help="port to listen on")
+    preset: str | None = opt(None, choices=tuple(PRESETS), help="preset of a bare weights file, e.g. FiTv2-XL/2")
+    weights: Literal["ema", "model"] = opt("ema", help="which weights of a checkpoint folder")
+    autoencoder: str | None = opt(None, help="'pixel' or a VAE folder (not set: the one the model was trained with)")
+    text_encoder: str | None = opt(None, help="'minilm' or 'clip:PATH' instead of the text encoder the model records")
+    device: str = opt("cpu", help="auto, cpu, cuda, cuda:N or mps")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.host.strip():
+            raise ConfigError("--host must not be empty")
+        if self.text_encoder is not None:
+            check_text_encoder(self.text_encoder)
+
+    def check_environment(self) -> None:
+        from .serve import check_gradio
+
+        check_gradio()
+        check_exists(self.checkpoint, "checkpoint")
+        if Path(self.checkpoint).is_file() and self.preset is None:
+            raise ConfigError(f"{self.checkpoint} is a bare weights file: name its preset with --preset")
+        if self.autoencoder not in (None, "pixel"):
+            check_exists(self.autoencoder, "VAE folder")
+        check_device(self.device)
+        check_port(self.host, self.port)
+
+
+def check_port(host: str, port: int) -> None:
+    """The address must be free to listen on."""
+    import socket
+
+    try:
+        with socket.socket() as s:
+            s.bind((host, port))
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}; choose another --port or --host") from None
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``FiTv2Pipeline``: a model, its autoencoder and its condition in one object, diffusers-style.
 
-    pipe = FiTv2Pipeline.from_pretrained("runs/demo/run/checkpoints/step_0001000")
+    pipe = FiTv2Pipeline.from_pretrained("runs/demo/run")
     images = pipe(labels=[3, 7], height=32, width=64, num_inference_steps=40, guidance_scale=3.0)
     pipe.save_pretrained("my-fitv2")          # config.json, model.safetensors, README.md (model card)
 

@@ -29,7 +29,7 @@ from .errors import ConfigError, MissingFileError, UserError
 from .options import TrainConfig
 from .schema import flag_name
 
-RUN_ENTRIES = ("checkpoints", "log.jsonl", "loss.png", "config.json", "tensorboard")
+RUN_ENTRIES = ("checkpoints", "log.jsonl", "loss.png", "config.json", "tensorboard", "wandb", "wandb_id")
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "train_state.pt")
 # Options that only say how long or how to run. Any other option changes what is trained, so a
@@ -46,6 +46,8 @@ RUN_ONLY_OPTIONS = frozenset(
         "keep_checkpoints",
         "progress",
         "tensorboard",
+        "log_to",
+        "wandb_project",
         "device",
         "attention",
         "compile",
@@ -106,7 +108,7 @@ def clear_run(out: str | Path) -> list[str]:
             shutil.rmtree(path)
         else:
             continue
-        removed.append(name + "/" if name in ("checkpoints", "tensorboard") else name)
+        removed.append(name + "/" if name in ("checkpoints", "tensorboard", "wandb") else name)
     return removed
 
 
@@ -283,6 +285,17 @@ def pick_resume(out: str | Path, resume: str | None) -> ResumeChoice:
     raise UserError(
         f"no intact checkpoint to resume in {checkpoints}: {'; '.join(skipped)}; pass --overwrite to start afresh"
     )
+
+
+def newest_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint to sample from a run folder (or its ``checkpoints/`` folder): what
+    checkpoints/latest names, else the newest intact one. None when ``path`` is neither."""
+    path = Path(path)
+    if path.name == "checkpoints" and path.is_dir() and not (path / "config.json").exists():
+        path = path.parent
+    if not checkpoints_dir(path).is_dir():
+        return None
+    return pick_resume(path, "latest").path
 
 
 def _show(value: Any) -> str:

@@ -33,6 +33,7 @@ from .data.dataset import TokenDataset, TokenLoader
 from .errors import ConfigError, UserError
 from .finetune import apply_finetune, load_pretrained, source_config
 from .flow import TimeSampler, flow_loss
+from .loggers import MetricLoggers, check_loggers
 from .model.fit import FiT
 from .model.rope import rope_scaling
 from .options import TrainConfig
@@ -272,8 +273,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     env = dist.setup(cfg.device)
     device = env.device
     out = Path(cfg.out)
-    if cfg.tensorboard and env.is_main:
-        _summary_writer_class()
+    if env.is_main:
+        check_loggers(cfg.loggers)
     plan: RunPlan = _on_main(env, lambda: plan_run(cfg))
     if env.is_main and plan.warning:
         print(f"warning: {plan.warning}", file=sys.stderr, flush=True)
@@ -341,9 +342,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.resume is not None:
             _truncate_log(out / "log.jsonl", step)
         save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, out / "config.json")
-    writer = (
-        _tensorboard(out, purge_step=step if cfg.resume is not None else None)
-        if cfg.tensorboard and env.is_main
+    loggers = (
+        MetricLoggers(cfg.loggers, out, cfg.to_dict(), cfg.wandb_project, step if cfg.resume is not None else None)
+        if env.is_main and cfg.loggers
         else None
     )
     log = open(out / "log.jsonl", "a") if env.is_main else None
@@ -422,9 +423,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 }
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-                if writer is not None:
-                    for k in ("loss", "lr", "grad_norm", "tokens_per_s"):
-                        writer.add_scalar(f"train/{k}", row[k], step)
+                if loggers is not None:
+                    loggers.log(row, step)
                 bar.set_postfix(step=step, loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.1e}", tok_s=f"{tps:,.0f}")
                 window = {"tokens": 0, "time": now, "loss": 0.0, "n": 0}
             _advance(bar, cfg, totals)
@@ -440,8 +440,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.close()
         if log is not None:
             log.close()
-        if writer is not None:
-            writer.close()
+        if loggers is not None:
+            loggers.close()
     if log is not None:
         write_loss_plot(out)
     seconds = totals["seconds"]
@@ -491,15 +491,3 @@ def write_loss_plot(out: Path) -> None:
 
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
     loss_curve([r["step"] for r in rows], [r["loss"] for r in rows]).save(out / "loss.png")
-
-
-def _summary_writer_class():
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise UserError("--tensorboard needs the tensorboard package: pip install 'fitv2[tensorboard]'") from err
-    return SummaryWriter
-
-
-def _tensorboard(out: Path, purge_step: int | None = None):
-    return _summary_writer_class()(str(out / "tensorboard"), purge_step=purge_step)

@@ -1,0 +1,240 @@
+"""``fitv2 serve``: a web page that samples a checkpoint (gradio, the ``fitv2[web]`` extra).
+
+    fitv2 serve runs/demo/run --port 7860
+
+The page offers the model's classes (or a prompt box for a text-to-image model), height and width
+with aspect presets, steps, solver, guidance scale, RoPE extrapolation and seed; it shows a progress
+bar while sampling, then the image and the ``fitv2 sample`` command that makes the same image.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UserError
+
+ASPECTS = {"1:1": (1, 1), "1:2": (1, 2), "2:1": (2, 1), "1:3": (1, 3), "3:1": (3, 1)}  # height : width
+SOLVER_CHOICES = ("euler", "heun", "sde", "dopri5")
+MAX_STEPS = 500
+INSTALL = "pip install 'fitv2[web]'"
+
+
+def missing_gradio() -> str | None:
+    """Why the page cannot be served (gradio missing), or None."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        return f"fitv2 serve needs gradio, which is not installed: {INSTALL}"
+    return None
+
+
+def aspect_size(aspect: str, side: int, unit: int) -> tuple[int, int]:
+    """Height and width in pixels of ``aspect`` (height:width) with about side² pixels, multiples of ``unit``."""
+    a, b = ASPECTS[aspect]
+    m = max(1, round(side / (math.sqrt(a * b) * unit)))
+    return a * m * unit, b * m * unit
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image the page asks for, checked before sampling."""
+
+    height: int
+    width: int
+    steps: int
+    solver: str
+    guidance: float
+    rope: str
+    seed: int
+    label: int | None = None
+    prompt: str | None = None
+
+    def command(self, checkpoint: str, out: str = "runs/serve") -> str:
+        """The ``fitv2 sample`` command that writes the same image."""
+        condition = ["--prompt", self.prompt] if self.prompt is not None else ["--labels", str(self.label)]
+        args = [
+            "fitv2",
+            "sample",
+            checkpoint,
+            "--sizes",
+            f"{self.height}x{self.width}",
+            *condition,
+            "--solver",
+            self.solver,
+            "--steps",
+            str(self.steps),
+            "--cfg-scale",
+            f"{self.guidance:g}",
+            "--rope",
+            self.rope,
+            "--seed",
+            str(self.seed),
+            "--out",
+            out,
+        ]
+        return shlex.join(args)
+
+
+def rope_choices(sampler) -> list[str]:
+    """The extrapolation methods offered: the project's names (not the reference's aliases), and the
+    checkpoint's training RoPE."""
+    from .options import ROPE_NAMES
+
+    names = list(ROPE_NAMES[: ROPE_NAMES.index("normal")])
+    return names if sampler.training_rope in names else [*names, sampler.training_rope]
+
+
+def check_request(sampler, values: dict[str, Any]) -> Request:
+    """A :class:`Request` from the page's values, or a UserError that names the field."""
+    from .generate import check_size
+
+    def integer(name: str, lo: int, hi: int | None = None) -> int:
+        value = values.get(name)
+        if value is None or float(value) != int(float(value)):
+            raise UserError(f"{name} must be a whole number; got {value!r}")
+        number = int(float(value))
+        if number < lo or (hi is not None and number > hi):
+            raise UserError(f"{name} must be between {lo} and {hi}; got {number}" if hi else f"{name} must be ≥ {lo}")
+        return number
+
+    height, width = integer("height", 1), integer("width", 1)
+    check_size(height, width, sampler.unit)
+    steps = integer("steps", 1, MAX_STEPS)
+    solver = values.get("solver")
+    if solver not in SOLVER_CHOICES:
+        raise UserError(f"solver must be one of {', '.join(SOLVER_CHOICES)}; got {solver!r}")
+    if solver == "sde" and steps < 2:
+        raise UserError("the SDE solver needs at least 2 steps")
+    guidance = float(values.get("guidance") or 0)
+    if not 0 <= guidance <= 20:
+        raise UserError(f"guidance scale must be between 0 and 20; got {guidance}")
+    rope = values.get("rope")
+    if rope not in rope_choices(sampler):
+        raise UserError(f"extrapolation must be one of {', '.join(rope_choices(sampler))}; got {rope!r}")
+    seed = integer("seed", 0)
+    if sampler.text_conditional:
+        prompt = (values.get("prompt") or "").strip()
+        if not prompt:
+            raise UserError("write a prompt")
+        return Request(height, width, steps, solver, guidance, rope, seed, prompt=prompt)
+    label = values.get("label")
+    if label is None:
+        raise UserError("choose a class")
+    label = integer("label", 0, sampler.model.config.num_classes - 1)
+    return Request(height, width, steps, solver, guidance, rope, seed, label=label)
+
+
+def generate(sampler, request: Request, progress: bool = True):
+    """The uint8 image (H, W, 3) of ``request``: exactly what its ``fitv2 sample`` command writes."""
+    import torch
+
+    from .model.rope import rope_scaling
+    from .sampling import Guidance, SolverConfig
+
+    if request.prompt is not None:
+        condition = sampler.encode_prompts([request.prompt])
+    else:
+        condition = torch.tensor([request.label])
+    images = sampler.generate(
+        request.height,
+        request.width,
+        condition,
+        SolverConfig(request.solver, steps=request.steps),
+        Guidance(scale=request.guidance),
+        rope_scaling(request.rope),
+        seed=request.seed,
+        batch_size=1,
+        progress=progress,
+    )
+    return images[0]
+
+
+# Small samples are scaled up with hard pixel edges rather than shown as a stamp.
+CSS = "#result img { object-fit: contain; width: 100%; height: 100%; image-rendering: pixelated; }"
+
+
+def build_app(sampler, checkpoint: str):
+    """The gradio Blocks page for ``sampler`` (loaded from ``checkpoint``, named in the commands it shows)."""
+    import gradio as gr
+
+    cfg = sampler.model.config
+    side = cfg.rope_train_len * sampler.unit
+    params = sum(p.numel() for p in sampler.model.parameters())
+
+    def run(*args, progress=gr.Progress(track_tqdm=True)):
+        names = ["prompt" if sampler.text_conditional else "label", "height", "width", "steps", "solver"]
+        values = dict(zip([*names, "guidance", "rope", "seed"], args))
+        try:
+            request = check_request(sampler, values)
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        image = generate(sampler, request)
+        return image, request.command(checkpoint)
+
+    with gr.Blocks(title=f"fitv2 · {cfg.name}") as app:
+        gr.Markdown(
+            f"## fitv2 · {cfg.name}\n{params:,} parameters, trained at {side}×{side} pixels "
+            f"(RoPE `{sampler.training_rope}`). Any height and width in multiples of {sampler.unit} px."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                condition: gr.Textbox | gr.Dropdown
+                if sampler.text_conditional:
+                    condition = gr.Textbox(label="Prompt", value="", elem_id="prompt")
+                else:
+                    choices = [(f"{i}: {name}", i) for i, name in enumerate(sampler.class_names)]
+                    condition = gr.Dropdown(choices=choices, value=0, label="Class", elem_id="label")
+                with gr.Row():
+                    height = gr.Number(
+                        value=side, label="Height (px)", precision=0, step=sampler.unit, elem_id="height"
+                    )
+                    width = gr.Number(value=side, label="Width (px)", precision=0, step=sampler.unit, elem_id="width")
+                with gr.Row():
+                    for aspect in ASPECTS:
+                        name = f"aspect-{aspect.replace(':', '-')}"
+                        button = gr.Button(aspect, size="sm", min_width=40, elem_id=name)
+                        button.click(lambda a=aspect: aspect_size(a, side, sampler.unit), outputs=[height, width])
+                steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
+                solver = gr.Dropdown(list(SOLVER_CHOICES), value="euler", label="Solver", elem_id="solver")
+                guidance = gr.Slider(0, 20, value=1.5, step=0.1, label="Guidance scale", elem_id="guidance")
+                rope = gr.Dropdown(
+                    rope_choices(sampler), value=sampler.training_rope, label="Extrapolation", elem_id="rope"
+                )
+                seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, elem_id="seed")
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    label="Sample", type="numpy", format="png", height=420, elem_id="result", interactive=False
+                )
+                command = gr.Textbox(label="Reproduce with", elem_id="command", lines=2)
+        go.click(run, inputs=[condition, height, width, steps, solver, guidance, rope, seed], outputs=[image, command])
+    return app
+
+
+def serve(opts) -> None:
+    """Load the checkpoint and serve the page until interrupted (``opts``: :class:`fitv2.options.ServeOptions`)."""
+    from .config import Runtime
+    from .generate import Sampler
+
+    sampler = Sampler.load(
+        opts.checkpoint,
+        preset=opts.preset,
+        weights=opts.weights,
+        autoencoder=opts.autoencoder,
+        device=opts.device,
+        runtime=Runtime(),
+        text_encoder=opts.text_encoder,
+    )
+    app = build_app(sampler, str(Path(opts.checkpoint)))
+    print(f"serving {sampler.model.config.name} from {opts.checkpoint} at http://{opts.host}:{opts.port}")
+    app.queue().launch(server_name=opts.host, server_port=opts.port, show_error=True, css=CSS, quiet=True)
+
+
+def check_gradio() -> None:
+    why = missing_gradio()
+    if why:
+        raise ConfigError(why)
