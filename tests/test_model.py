@@ -90,8 +90,12 @@ def test_packed_rows_equal_unpacked_images():
         torch.testing.assert_close(out[row, start : start + h * w], ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("by_runs", [False, True], ids=["by-index", "by-runs"])
 @pytest.mark.parametrize("shifted", [True, False])
-def test_segment_modulation_gradients(shifted):
+def test_segment_modulation_gradients(shifted, by_runs):
+    from types import SimpleNamespace
+
+    from fitv2.model.attention import contiguous_runs
     from fitv2.model.layers import gate_tokens, modulate_tokens
     from fitv2.tokens import TokenLayout
 
@@ -99,17 +103,18 @@ def test_segment_modulation_gradients(shifted):
     layout = TokenLayout(
         torch.zeros(2, 2, 6, dtype=torch.long), (segment > 0).float(), torch.ones(2, 2, 2, dtype=torch.long), segment
     )
-    rows = layout.flat_image_index()
+    plan = SimpleNamespace(rows=layout.flat_image_index(), runs=contiguous_runs(segment) if by_runs else None)
     x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
     shift, scale = (torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
     if shifted:
-        torch.autograd.gradcheck(lambda a, b, c: modulate_tokens(a, b, c, rows), (x, shift, scale))
+        torch.autograd.gradcheck(lambda a, b, c: modulate_tokens(a, b, c, plan), (x, shift, scale))
     else:
-        torch.autograd.gradcheck(lambda a, b: gate_tokens(a, b, rows), (x, scale))
-    # and the same values as spreading the parameters over the tokens by hand
+        torch.autograd.gradcheck(lambda a, b: gate_tokens(a, b, plan), (x, scale))
+    # and the same values as spreading the parameters over the tokens by hand (at the real tokens)
     spread = [torch.stack([v[b, max(int(k), 1) - 1] for k in segment[b]]) for b in range(2) for v in (shift, scale)]
     by_hand = torch.stack([x[b] * (1 + spread[2 * b + 1]) + spread[2 * b] for b in range(2)])
-    torch.testing.assert_close(modulate_tokens(x, shift, scale, rows), by_hand)
+    real = (segment > 0)[..., None]
+    torch.testing.assert_close(modulate_tokens(x, shift, scale, plan) * real, by_hand * real)
     torch.testing.assert_close(layout.spread(shift), torch.stack(spread[0::2]))
 
 
@@ -196,12 +201,34 @@ def test_attention_backends_agree_on_padded_and_packed_rows():
         assert varlen.cu_seqlens.tolist() == [0, 10, 18, 38, 62]
         torch.testing.assert_close(varlen(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
     per_image = A.PerImageSDPA(segment)
-    assert sorted(g.shape for g in per_image.groups) == [(1, 8), (1, 10), (1, 20), (1, 24)]
+    assert per_image.runs == [([10, 8, 6], [1, 2, 0]), ([20, 4], [1, 0]), ([24], [1])]
     torch.testing.assert_close(per_image(q, k, v), ref * valid, atol=1e-5, rtol=1e-5)
+    # gradients through the views of q, k, v equal those of the masked kernel
+    grads = []
+    for kernel in (A.SDPA(segment), per_image):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        (kernel(*leaves) * valid).square().sum().backward()
+        grads.append([x.grad for x in leaves])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # an image in two runs (an empty slot inside it): the valid tokens are gathered instead
+    holed = segment.clone()
+    holed[0, 4] = 0
+    gathered = A.PerImageSDPA(holed)
+    assert gathered.runs is None and sorted(g.shape for g in gathered.groups) == [(1, 8), (1, 9), (1, 20), (1, 24)]
+    torch.testing.assert_close(
+        gathered(q, k, v), A.SDPA(holed)(q, k, v) * (holed > 0)[:, None, :, None], atol=1e-5, rtol=1e-5
+    )
     # nothing padded: plain SDPA without a mask; heavy padding on the CPU: per image
     assert isinstance(A.choose_attention("auto", None), A.SDPA) and A.choose_attention("flex", None).mask is None
     assert A.choose_attention("auto", torch.tensor([[1] * 4 + [0] * 20, [1] * 24])).name == "sdpa-varlen"
-    assert A.choose_attention("auto", torch.tensor([[1] * 22 + [0] * 2, [1] * 24])).name == "sdpa"
+    # images as contiguous runs: per image whenever that is less work (views, nothing gathered)
+    assert A.choose_attention("auto", torch.tensor([[1] * 22 + [0] * 2, [1] * 24])).name == "sdpa-varlen"
+    # tokens that would have to be gathered: per image only above 1.5x less work
+    assert A.choose_attention("auto", torch.tensor([[1] * 11 + [0] + [1] * 10 + [0] * 2, [1] * 24])).name == "sdpa"
+    assert (
+        A.choose_attention("auto", torch.tensor([[1] * 2 + [0] + [1] * 2 + [0] * 19, [1] * 24])).name == "sdpa-varlen"
+    )
 
 
 def test_attention_names_and_availability():

@@ -8,6 +8,7 @@ import sys
 import pytest
 from conftest import DATA
 
+from fitv2.config import Runtime
 from fitv2.parity import run_fixture
 
 FIXTURE = DATA / "official_parity"
@@ -18,6 +19,14 @@ def test_all_public_parity_cases_pass():
     passed, failed = run_fixture(FIXTURE, echo=lines.append)
     assert failed == 0, "\n".join(lines)
     assert passed == len(json.loads((FIXTURE / "manifest.json").read_text())["cases"]) == 21
+    forward = [line for line in lines if " out " in line]
+    assert len(forward) == 16 and all(" out 0.00e+00 " in line for line in forward), "\n".join(forward)  # bit for bit
+
+
+def test_parity_cases_pass_unpadded_as_the_model_trains():
+    lines = []
+    passed, failed = run_fixture(FIXTURE, echo=lines.append, runtime=Runtime())
+    assert failed == 0 and passed == 21, "\n".join(lines)
 
 
 @pytest.mark.slow

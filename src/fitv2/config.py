@@ -172,6 +172,10 @@ class Runtime:
     """torch.compile each transformer block (dynamic shapes: sequence lengths vary)."""
     precision: str = "fp32"
     """'bf16': autocast for matmuls; parameters, norms, RoPE, the loss and the solver stay fp32."""
+    unpad: bool = True
+    """Run a padded batch as one row of its real tokens (per-image attention), so padding costs no
+    compute; the result is the padded computation's up to float rounding. False keeps the padded rows
+    (the published code's order of operations, bit for bit)."""
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_NAMES:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .checkpoint import load_weights, read_state_dict
-from .config import ModelConfig
+from .config import ModelConfig, Runtime
 from .flow import TimeSampler, flow_loss
 from .model.fit import FiT
 from .model.rope import RopeScaling, attention_scale_factor, image_frequencies, rope_scaling, rope_tables, yarn_mscale
@@ -39,6 +39,10 @@ _QK_NORMS = {
     "rmsnorm": ("rmsnorm", False),
     "w_rmsnorm": ("rmsnorm", True),
 }
+
+
+# The published code's computation: padded rows kept, whole-row SDPA with the same-image mask.
+EXACT = Runtime(attention="sdpa", unpad=False)
 
 
 class Unsupported(Exception):
@@ -102,8 +106,9 @@ def rope_from_reference(ref: dict[str, Any]) -> RopeScaling:
 class Fixture:
     """A parity fixture folder: manifest, tensors and reference weights."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, runtime: Runtime | None = None):
         self.dir = Path(directory)
+        self.runtime = EXACT if runtime is None else runtime
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
         self.tensors = load_file(str(self.dir / self.manifest["files"]["cases"]))
         self._states: dict[str, dict[str, Tensor]] = {}
@@ -113,7 +118,7 @@ class Fixture:
         ref = {**spec["config"], **overrides}
         if name not in self._states:
             self._states[name] = read_state_dict(self.dir / spec["weights"])
-        model = FiT(model_config_from_reference(ref))
+        model = FiT(model_config_from_reference(ref), self.runtime)
         load_weights(model, self._states[name], source=spec["weights"])
         return model.eval(), ref
 
@@ -294,8 +299,18 @@ def compare(actual: Tensor, expected: Tensor, atol: float, rtol: float) -> tuple
     return bool((err <= allowed).all()), float(err.max()) if err.numel() else 0.0, worst
 
 
-def run_fixture(directory: str | Path, only: str | None = None, echo: Callable[[str], None] = print) -> tuple[int, int]:
-    fx = Fixture(directory)
+def run_fixture(
+    directory: str | Path,
+    only: str | None = None,
+    echo: Callable[[str], None] = print,
+    runtime: Runtime | None = None,
+) -> tuple[int, int]:
+    """Run every case (or those whose name contains ``only``); (passed, failed). ``runtime``: by default
+    :data:`EXACT`, padded rows computed as padded rows with masked SDPA, the published code's order of
+    operations, so that equal means bit for bit; ``Runtime()`` runs them as the model does by default
+    (unpadded, per-image attention: equal up to float rounding)."""
+    runtime = EXACT if runtime is None else runtime
+    fx = Fixture(directory, runtime)
     torch.backends.cuda.matmul.allow_tf32 = False
     passed = failed = 0
     cases = [c for c in fx.manifest["cases"] if only is None or only in c["name"]]
@@ -332,12 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fitv2.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", help="fixture folder with manifest.json")
     parser.add_argument("-k", dest="only", help="run only cases whose name contains this")
+    parser.add_argument(
+        "--unpad", action="store_true", help="run padded batches as the model does by default (equal up to rounding)"
+    )
     args = parser.parse_args(argv)
     if not (Path(args.directory) / "manifest.json").is_file():
         print(f"error: {args.directory} has no manifest.json", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    _, failed = run_fixture(args.directory, args.only)
+    _, failed = run_fixture(args.directory, args.only, runtime=Runtime() if args.unpad else EXACT)
     return 0 if failed == 0 else 1
 
 

@@ -149,6 +149,14 @@ class FiT(nn.Module):
         training, default random.
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
+        unpadded = self._unpadded(layout) if self.runtime.unpad and not isinstance(y, TextFeatures) else None
+        if unpadded is not None:  # one row of the real tokens; the output goes back to the padded rows
+            index, flat = unpadded
+            out = self(
+                x.reshape(-1, x.shape[-1])[index][None], t.reshape(1, -1), y.reshape(1, -1), flat, rope, label_drop
+            )
+            B, N = layout.mask.shape
+            return out.new_zeros(B * N, out.shape[-1]).index_copy(0, index, out[0]).view(B, N, -1)
         x = self.x_embedder(x)  # (B, N, D)
         text_valid = None
         if isinstance(y, TextFeatures):
@@ -166,6 +174,23 @@ class FiT(nn.Module):
                 x = block(x, cond, plan)
         x = self.final_layer(x, cond, plan)  # (B, N, p²·C_out)
         return x * layout.mask[..., None].to(x.dtype)
+
+    @staticmethod
+    def _unpadded(layout: TokenLayout) -> tuple[Tensor, TokenLayout] | None:
+        """(index of the real tokens in the flattened rows, the layout of one row holding them image after
+        image) for a padded batch of one image per row; None when there is nothing to gain."""
+        if layout.packed or layout.text is not None or layout.batch_size < 2 or bool(layout.mask.all()):
+            return None
+        real = layout.mask.reshape(-1) > 0
+        index = real.nonzero().squeeze(1)
+        counts = layout.mask.sum(1).long()
+        B = layout.batch_size
+        grid = layout.grid.transpose(0, 1).reshape(2, -1)[:, index][None]  # (1, 2, V)
+        segment = torch.repeat_interleave(torch.arange(1, B + 1, device=layout.device), counts)[None]
+        flat = TokenLayout(
+            grid, torch.ones_like(segment, dtype=layout.mask.dtype), layout.size.reshape(1, B, 2), segment
+        )
+        return index, flat
 
     def plan(
         self, layout: TokenLayout, rope: RopeScaling | None = None, text_valid: Tensor | None = None

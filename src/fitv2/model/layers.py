@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tokens import TokenLayout
-from .attention import AttentionBackend
+from .attention import AttentionBackend, contiguous_runs
 from .rope import apply_rope
 
 
@@ -60,19 +60,38 @@ class _SegmentAffine(torch.autograd.Function):
         return grad_x, grad_scale, grad_shift, None, None
 
 
-def modulate_tokens(x: Tensor, shift: Tensor, scale: Tensor, rows: Tensor | None) -> Tensor:
-    """x · (1 + scale) + shift with per-image (B, n, D) parameters spread over the tokens of each image
-    (``rows``: :meth:`LayoutPlan.rows`; None when every row holds one image, which broadcasts)."""
-    if rows is None:
+Runs = list[tuple[list[int], list[int]]]  # per row: run lengths and their image ids (0: padding)
+
+
+def _by_runs(x: Tensor, runs: Runs, image_op) -> Tensor:
+    """``image_op(tokens, row, slot)`` on each image's run of tokens (views of x), padding kept as it is."""
+    rows = []
+    for b, (lengths, ids) in enumerate(runs):
+        parts = [image_op(part, b, i - 1) if i else part for part, i in zip(x[b].split(lengths), ids)]
+        rows.append(torch.cat(parts) if len(parts) > 1 else parts[0])
+    return torch.stack(rows)
+
+
+def modulate_tokens(x: Tensor, shift: Tensor, scale: Tensor, plan: LayoutPlan) -> Tensor:
+    """x · (1 + scale) + shift with per-image (B, n, D) parameters spread over the tokens of each image:
+    broadcast when every row holds one image; on the CPU, image by image on views of its tokens (no
+    per-token copies of the parameters); else by index (:class:`_SegmentAffine`)."""
+    if plan.rows is None:
         return modulate(x, shift, scale)
-    return _SegmentAffine.apply(x, scale.reshape(-1, scale.shape[-1]), shift.reshape(-1, shift.shape[-1]), rows, True)
+    if plan.runs is not None and x.device.type == "cpu":
+        factor = 1 + scale
+        return _by_runs(x, plan.runs, lambda t, b, s: torch.addcmul(shift[b, s], t, factor[b, s]))
+    D = scale.shape[-1]
+    return _SegmentAffine.apply(x, scale.reshape(-1, D), shift.reshape(-1, D), plan.rows, True)
 
 
-def gate_tokens(h: Tensor, gate: Tensor, rows: Tensor | None) -> Tensor:
+def gate_tokens(h: Tensor, gate: Tensor, plan: LayoutPlan) -> Tensor:
     """gate · h with a per-image (B, n, D) gate spread over the tokens of each image."""
-    if rows is None:
+    if plan.rows is None:
         return gate * h
-    return _SegmentAffine.apply(h, gate.reshape(-1, gate.shape[-1]), None, rows, False)
+    if plan.runs is not None and h.device.type == "cpu":
+        return _by_runs(h, plan.runs, lambda t, b, s: t * gate[b, s])
+    return _SegmentAffine.apply(h, gate.reshape(-1, gate.shape[-1]), None, plan.rows, False)
 
 
 @dataclass
@@ -87,6 +106,7 @@ class LayoutPlan:
     attention: AttentionBackend
     rows: Tensor | None  # (B·N,) index into (B·n, ·) per-image tables; None = one image per row
     mask: Tensor  # (B, N) float: tokens in context (image tokens and the text slots holding a token)
+    runs: Runs | None = None  # packed rows whose images are contiguous runs (see contiguous_runs)
 
     @classmethod
     def build(
@@ -98,7 +118,8 @@ class LayoutPlan:
         text_valid: Tensor | None = None,
     ) -> LayoutPlan:
         mask = layout.mask if layout.text is None else layout.in_context(text_valid).to(layout.mask.dtype)
-        return cls(layout, cos, sin, attention, layout.flat_image_index(), mask)
+        runs = contiguous_runs(layout.segment) if layout.segment is not None else None
+        return cls(layout, cos, sin, attention, layout.flat_image_index(), mask, runs)
 
 
 class Conditioning(NamedTuple):
@@ -322,10 +343,9 @@ class FiTBlock(nn.Module):
         """x: (B, N, D) tokens; c: the conditioning; plan: the batch's layout, prepared for this forward pass."""
         mod = self.adaLN_modulation(c.c) + c.shared  # (B, n, 6D): per image
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        rows = plan.rows
-        h = self.attn(modulate_tokens(self.norm1(x), shift_msa, scale_msa, rows), plan)
-        x = x + gate_tokens(h, gate_msa, rows)
-        return x + gate_tokens(self.mlp(modulate_tokens(self.norm2(x), shift_mlp, scale_mlp, rows)), gate_mlp, rows)
+        h = self.attn(modulate_tokens(self.norm1(x), shift_msa, scale_msa, plan), plan)
+        x = x + gate_tokens(h, gate_msa, plan)
+        return x + gate_tokens(self.mlp(modulate_tokens(self.norm2(x), shift_mlp, scale_mlp, plan)), gate_mlp, plan)
 
 
 class FinalLayer(nn.Module):
@@ -339,4 +359,4 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: Tensor, c: Conditioning, plan: LayoutPlan) -> Tensor:
         shift, scale = self.adaLN_modulation(c.c).chunk(2, dim=-1)
-        return self.linear(modulate_tokens(self.norm_final(x), shift, scale, plan.rows))
+        return self.linear(modulate_tokens(self.norm_final(x), shift, scale, plan))
