@@ -178,7 +178,8 @@ def _setup(spec: dict) -> tuple[torch.device, ModelConfig, torch.nn.Module, torc
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     cfg = model_config(spec["preset"])
-    model = build_model(cfg, device, Runtime(attention=spec["attention"]))
+    # unpad=False: the padded rows as they are (by default the model runs a padded batch unpadded).
+    model = build_model(cfg, device, Runtime(attention=spec["attention"], unpad=False))
     return device, cfg, model, torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bf16")
 
 

@@ -109,3 +109,21 @@ def test_options_saved_by_earlier_versions_still_load():
     from fitv2.config import ModelConfig
 
     assert "grad_checkpointing" not in ModelConfig.from_dict({"depth": 1, "grad_checkpointing": True}).to_dict()
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_with_the_measured_ratio(eight_images, tmp_path, monkeypatch, capsys):
+    import fitv2.train as T
+
+    monkeypatch.setattr(T, "bf16_matmul_speedup", lambda: 1 / 17.0)
+    train(_config(eight_images, tmp_path / "slow", steps=1, precision="bf16"))
+    err = capsys.readouterr().err
+    assert err.count("--precision bf16 is slower than fp32 on this CPU") == 1 and "17.0x the time of fp32" in err
+    monkeypatch.setattr(T, "bf16_matmul_speedup", lambda: 3.0)
+    train(_config(eight_images, tmp_path / "fast", steps=1, precision="bf16"))
+    assert "slower than fp32" not in capsys.readouterr().err
+
+
+def test_bf16_speedup_is_measured():
+    from fitv2.train import bf16_matmul_speedup
+
+    assert bf16_matmul_speedup(size=128, repeats=1) > 0

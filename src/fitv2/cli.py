@@ -189,7 +189,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         weights=opts.weights,
         autoencoder=opts.autoencoder,
         device=str(env.device) if env else opts.device,
-        runtime=Runtime(attention=opts.attention),
+        runtime=Runtime(attention=opts.attention, compile=opts.compile),
         text_encoder=opts.text_encoder,
     )
     for height, width in sizes:  # fail before any work on a bad size
@@ -261,7 +261,7 @@ def _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, r
     from .distributed import cleanup
     from .npz import sample_npz
 
-    ignored = ("progress", "device", "attention", "out", "force", "npz", "batch_size", "mixed")
+    ignored = ("progress", "device", "attention", "out", "force", "npz", "batch_size", "mixed", "compile")
     record = {k: v for k, v in asdict(opts).items() if k not in ignored}
     record["checkpoint"] = str(Path(opts.checkpoint).resolve())
     (height, width) = opts.size_list[0]

@@ -276,6 +276,9 @@ class Sampler:
             )
         model = load_model(path, preset=preset, weights=weights, device=device, **overrides)
         model.runtime = runtime
+        if runtime.compile:  # each block once per token count it samples (the first batch of a size pays)
+            for block in model.blocks:
+                block.compile()
         ae = load_autoencoder(autoencoder, device=device, recorded=meta.get("autoencoder"))
         channels = model.config.in_channels
         if ae.channels != channels:

@@ -401,6 +401,10 @@ class SampleOptions(Options):
     attn_scale: str | None = opt(None, choices=ATTN_SCALES, help="override the attention scale")
     seed: int = opt(0, ge=0, help="seed of the noise and the random labels")
     batch_size: int = opt(64, ge=1, help="images per model call (does not change the images)")
+    compile: bool = opt(
+        False,
+        help="torch.compile each block: 1.07-1.15x faster sampling measured on a CPU, after seconds per block and size",
+    )
     mixed: Literal["padded", "packed", "per-size"] = opt(
         "padded",
         help="several --sizes: one batch of all sizes, padded rows (fastest measured) or packed ones; or one "

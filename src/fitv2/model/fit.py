@@ -149,12 +149,11 @@ class FiT(nn.Module):
         training, default random.
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
-        unpadded = self._unpadded(layout) if self.runtime.unpad and not isinstance(y, TextFeatures) else None
-        if unpadded is not None:  # one row of the real tokens; the output goes back to the padded rows
+        unpadded = self._unpadded(layout) if self.runtime.unpad and isinstance(y, Tensor) else None
+        if unpadded is not None and isinstance(y, Tensor):  # one row of the real tokens, then back to the rows
             index, flat = unpadded
-            out = self(
-                x.reshape(-1, x.shape[-1])[index][None], t.reshape(1, -1), y.reshape(1, -1), flat, rope, label_drop
-            )
+            drop = None if label_drop is None else label_drop.reshape(1, -1)
+            out = self(x.reshape(-1, x.shape[-1])[index][None], t.reshape(1, -1), y.reshape(1, -1), flat, rope, drop)
             B, N = layout.mask.shape
             return out.new_zeros(B * N, out.shape[-1]).index_copy(0, index, out[0]).view(B, N, -1)
         x = self.x_embedder(x)  # (B, N, D)
