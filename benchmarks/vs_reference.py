@@ -371,7 +371,7 @@ def main() -> None:
                     ]
     if profiles:
         lines += ["", "### Profiles (one call each, top ops by self CPU time)", "", *profiles]
-    report = "\n".join(lines) + "\n"
+    report = "\n".join(lines).rstrip("\n") + "\n"
     if args.out:
         Path(args.out).write_text(report)
         print(f"wrote {args.out}")

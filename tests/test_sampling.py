@@ -122,3 +122,21 @@ def test_sampling_is_reproducible_with_a_generator():
         for _ in range(2)
     ]
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
+
+
+def test_a_batch_plans_its_layout_once_for_all_solver_steps(monkeypatch):
+    from conftest import randomize, tiny_config
+
+    from fitv2.model.fit import FiT
+    from fitv2.sampling import Guidance, SolverConfig, sample_tokens
+
+    model = randomize(FiT(tiny_config())).eval()
+    calls = []
+    plan = FiT.plan
+    monkeypatch.setattr(FiT, "plan", lambda self, *a, **k: calls.append(1) or plan(self, *a, **k))
+    sample_tokens(
+        model, 4, 6, torch.tensor([1, 2]), solver=SolverConfig("euler", steps=6), guidance=Guidance(scale=2.0)
+    )
+    assert len(calls) == 1  # RoPE tables and attention built once, not six times
+    sample_tokens(model, 4, 4, torch.tensor([1, 2]), solver=SolverConfig("euler", steps=2))
+    assert len(calls) == 2  # a new batch: a new plan

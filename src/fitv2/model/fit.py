@@ -62,6 +62,7 @@ class FiT(nn.Module):
         self.blocks = nn.ModuleList(FiTBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, config.adaln_bias)
         self.runtime = runtime
+        self._last: dict[str, tuple] = {}  # see _memo
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -149,7 +150,7 @@ class FiT(nn.Module):
         training, default random.
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
-        unpadded = self._unpadded(layout) if self.runtime.unpad and isinstance(y, Tensor) else None
+        unpadded = self._memo("unpad", layout, None, lambda: self._unpadded(layout)) if self.runtime.unpad else None
         if unpadded is not None and isinstance(y, Tensor):  # one row of the real tokens, then back to the rows
             index, flat = unpadded
             drop = None if label_drop is None else label_drop.reshape(1, -1)
@@ -164,7 +165,10 @@ class FiT(nn.Module):
             x = torch.where(layout.text[..., None], text_tokens.to(x.dtype), x)  # text tokens in their slots
         else:
             c = self.conditioning(t, y, label_drop)  # (B, n, D)
-        plan = self.plan(layout, rope, text_valid)
+        if text_valid is None:  # the same layout as the last call (a sampler's steps): the same plan
+            plan = self._memo("plan", layout, (rope, self.runtime), lambda: self.plan(layout, rope))
+        else:
+            plan = self.plan(layout, rope, text_valid)
         cond = Conditioning(c, self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0)
         for block in self.blocks:
             if self.runtime.grad_checkpointing and self.training:
@@ -173,6 +177,17 @@ class FiT(nn.Module):
                 x = block(x, cond, plan)
         x = self.final_layer(x, cond, plan)  # (B, N, p²·C_out)
         return x * layout.mask[..., None].to(x.dtype)
+
+    def _memo(self, name: str, layout: TokenLayout, key, make):
+        """``make()``, or its value from the last call when it had this very layout object and ``key``:
+        a sampler passes one layout for all its steps, so the RoPE tables, the attention index and the
+        unpadding are built once per batch, not once per step."""
+        last = self._last.get(name)
+        if last is not None and last[0] is layout and last[1] == key:
+            return last[2]
+        value = make()
+        self._last[name] = (layout, key, value)
+        return value
 
     @staticmethod
     def _unpadded(layout: TokenLayout) -> tuple[Tensor, TokenLayout] | None:
