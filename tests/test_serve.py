@@ -50,6 +50,8 @@ def test_the_page_image_is_what_its_command_writes(ckpt, tmp_path):
     assert main([*argv, "--no-progress"]) == 0
     written = np.load(tmp_path / "s" / "16x32.npz")["arr_0"][0]
     assert np.array_equal(written, image)
+    released = request.command("xl.safetensors", loading=("--preset", "FiTv2-XL/2", "--autoencoder", "my vae"))
+    assert released.endswith("--preset FiTv2-XL/2 --autoencoder 'my vae'")
 
 
 @pytest.mark.parametrize(

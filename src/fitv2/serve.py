@@ -53,8 +53,9 @@ class Request:
     label: int | None = None
     prompt: str | None = None
 
-    def command(self, checkpoint: str, out: str = "runs/serve") -> str:
-        """The ``fitv2 sample`` command that writes the same image."""
+    def command(self, checkpoint: str, out: str = "runs/serve", loading: tuple[str, ...] = ()) -> str:
+        """The ``fitv2 sample`` command that writes the same image (``loading``: how the checkpoint was
+        loaded, e.g. ``("--preset", "FiTv2-XL/2")``)."""
         condition = ["--prompt", self.prompt] if self.prompt is not None else ["--labels", str(self.label)]
         args = [
             "fitv2",
@@ -75,6 +76,7 @@ class Request:
             str(self.seed),
             "--out",
             out,
+            *loading,
         ]
         return shlex.join(args)
 
@@ -157,8 +159,9 @@ def generate(sampler, request: Request, progress: bool = True):
 CSS = "#result img { object-fit: contain; width: 100%; height: 100%; image-rendering: pixelated; }"
 
 
-def build_app(sampler, checkpoint: str):
-    """The gradio Blocks page for ``sampler`` (loaded from ``checkpoint``, named in the commands it shows)."""
+def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = ()):
+    """The gradio Blocks page for ``sampler``, loaded from ``checkpoint`` with the ``loading`` options
+    (both are repeated in the commands it shows)."""
     import gradio as gr
 
     cfg = sampler.model.config
@@ -173,7 +176,7 @@ def build_app(sampler, checkpoint: str):
         except UserError as err:
             raise gr.Error(str(err)) from None
         image = generate(sampler, request)
-        return image, request.command(checkpoint)
+        return image, request.command(checkpoint, loading=loading)
 
     with gr.Blocks(title=f"fitv2 · {cfg.name}") as app:
         gr.Markdown(
@@ -229,7 +232,17 @@ def serve(opts) -> None:
         runtime=Runtime(),
         text_encoder=opts.text_encoder,
     )
-    app = build_app(sampler, str(Path(opts.checkpoint)))
+    loading: list[str] = []
+    for flag, value, default in (
+        ("--preset", opts.preset, None),
+        ("--weights", opts.weights, "ema"),
+        ("--autoencoder", opts.autoencoder, None),
+        ("--text-encoder", opts.text_encoder, None),
+        ("--device", opts.device, "cpu"),
+    ):
+        if value != default:
+            loading += [flag, str(value)]
+    app = build_app(sampler, str(Path(opts.checkpoint)), tuple(loading))
     print(f"serving {sampler.model.config.name} from {opts.checkpoint} at http://{opts.host}:{opts.port}")
     app.queue().launch(server_name=opts.host, server_port=opts.port, show_error=True, css=CSS, quiet=True)
 
