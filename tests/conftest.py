@@ -1,4 +1,5 @@
 import contextlib
+import socket
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,13 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for process groups and servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -2,22 +2,16 @@
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from fitv2.checkpoint import read_state_dict
 from fitv2.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # each test spawns two processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, cfg: dict) -> None:
@@ -32,7 +26,7 @@ def run_ranks(world: int, cfg: dict) -> None:
     if world == 1:
         train(TrainConfig(**cfg))
     else:
-        mp.spawn(_worker, args=(world, _free_port(), cfg), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), cfg), nprocs=world, join=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from fitv2.cli import main
 from fitv2.errors import UserError
@@ -99,12 +100,6 @@ def test_serve_without_gradio_says_how_to_install_it(ckpt, tmp_path):
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -122,7 +117,7 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> N
 def test_the_page_in_a_real_browser(ckpt, tmp_path):
     pytest.importorskip("gradio", reason="pip install 'fitv2[web]'")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fitv2.cli", "serve", str(ckpt), "--port", str(port)],

@@ -430,7 +430,6 @@ class MixedBatch:
     layout: TokenLayout
     grids: tuple[tuple[int, int], ...]
     where: tuple[tuple[int, int, int], ...]  # image i -> (row, slot in the row, first token)
-    text_len: int = 0
 
     @classmethod
     def build(cls, grids: list[tuple[int, int]], text_len: int = 0, pack: bool | int = False) -> MixedBatch:
@@ -454,10 +453,7 @@ class MixedBatch:
             for slot, i in enumerate(row):
                 where[i] = (r, slot, start)
                 start += lengths[i]
-        return cls(layout, tuple(grids), tuple(where), M)
-
-    def __len__(self) -> int:
-        return len(self.grids)
+        return cls(layout, tuple(grids), tuple(where))
 
     def scatter(self, values: list[Tensor]) -> Tensor:
         """Per-image values (n_i, D), n_i ≤ h_i·w_i + M, into the rows (B, N, D); zeros elsewhere."""

@@ -23,13 +23,12 @@ MAX_STEPS = 500
 INSTALL = "pip install 'fitv2[web]'"
 
 
-def missing_gradio() -> str | None:
-    """Why the page cannot be served (gradio missing), or None."""
+def check_gradio() -> None:
+    """A ConfigError saying how to install gradio when it is missing."""
     try:
         import gradio  # noqa: F401
     except ImportError:
-        return f"fitv2 serve needs gradio, which is not installed: {INSTALL}"
-    return None
+        raise ConfigError(f"fitv2 serve needs gradio, which is not installed: {INSTALL}") from None
 
 
 def aspect_size(aspect: str, side: int, unit: int) -> tuple[int, int]:
@@ -245,9 +244,3 @@ def serve(opts) -> None:
     app = build_app(sampler, str(Path(opts.checkpoint)), tuple(loading))
     print(f"serving {sampler.model.config.name} from {opts.checkpoint} at http://{opts.host}:{opts.port}")
     app.queue().launch(server_name=opts.host, server_port=opts.port, show_error=True, css=CSS, quiet=True)
-
-
-def check_gradio() -> None:
-    why = missing_gradio()
-    if why:
-        raise ConfigError(why)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from types import EllipsisType
 from typing import ClassVar
 
 import torch
@@ -106,7 +107,10 @@ def _sdpa4(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return F.scaled_dot_product_attention(q[None], k[None], v[None])[0]
 
 
-def contiguous_runs(segment: Tensor) -> list[tuple[list[int], list[int]]] | None:
+Runs = list[tuple[list[int], list[int]]]  # per row: run lengths and their image ids (0: padding)
+
+
+def contiguous_runs(segment: Tensor) -> Runs | None:
     """Per row, the lengths of its runs of equal segment ids and each run's id (0: padding), when every
     image is one run (as packing and padding lay them out); None otherwise."""
     rows = []
@@ -126,8 +130,9 @@ class PerImageSDPA(_Varlen):
 
     name = "sdpa-varlen"
 
-    def __init__(self, segment: Tensor):
-        self.runs = contiguous_runs(segment)
+    def __init__(self, segment: Tensor, runs: Runs | EllipsisType | None = ...):
+        """``runs``: ``contiguous_runs(segment)`` when the caller has it already (``...``: not yet computed)."""
+        self.runs = contiguous_runs(segment) if runs is ... else runs
         if self.runs is not None:  # no token index needed
             self.segment = segment
             self.kernel = self._per_image
@@ -313,32 +318,35 @@ def attention_unavailable(name: str, device: torch.device | str) -> str | None:
     return BACKENDS[name].unavailable(torch.device(device))
 
 
-def _cpu_choice(segment: Tensor) -> type[AttentionBackend]:
+def _cpu_choice(segment: Tensor, runs: Runs | None) -> type[AttentionBackend]:
     """Per image when the masked whole rows would do more work: any more where every image is one run
-    of its row (views, nothing copied), over 1.5× more where its tokens would have to be gathered."""
+    of its row (``runs``: views, nothing copied), over 1.5× more where its tokens would have to be gathered."""
     counts = torch.stack([torch.bincount(row, minlength=int(segment.max()) + 1)[1:] for row in segment])
     per_image = float(counts.double().pow(2).sum())
     whole_rows = float(segment.shape[0] * segment.shape[1] ** 2)
-    margin = 1.0 if contiguous_runs(segment) is not None else 1.5
+    margin = 1.0 if runs is not None else 1.5
     return PerImageSDPA if whole_rows > margin * per_image else SDPA
 
 
-def choose_attention(name: str, segment: Tensor | None) -> AttentionBackend:
-    """The backend ``name`` (or the ``auto`` choice) for a batch whose tokens see each other by ``segment``.
+def choose_attention(name: str, segment: Tensor | None, runs: Runs | EllipsisType | None = ...) -> AttentionBackend:
+    """The backend ``name`` (or the ``auto`` choice) for a batch whose tokens see each other by ``segment``
+    (``runs``: its :func:`contiguous_runs`, if already computed).
 
     With nothing padded or packed (segment None) every backend computes plain attention, so unmasked
     SDPA runs. Compiled FlexAttention falls back to the CPU choice where it does not work."""
     if segment is None:
         return SDPA(None)
+    if runs is ...:
+        runs = contiguous_runs(segment)
     if name == "auto":
         use_flex = segment.is_cuda and FlexAttention.unavailable(segment.device) is None
-        name = "flex" if use_flex else _cpu_choice(segment).name
+        name = "flex" if use_flex else _cpu_choice(segment, runs).name
     if name not in BACKENDS:
         raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
     if name == "flex" and not flex_supported(segment.device, torch.is_grad_enabled()):
-        return _cpu_choice(segment)(segment)
+        name = _cpu_choice(segment, runs).name
     cls = BACKENDS[name]
     why = cls.unavailable(segment.device)
     if why is not None:
         raise ConfigError(f"attention backend {name!r} {why}")
-    return cls(segment)
+    return PerImageSDPA(segment, runs) if cls is PerImageSDPA else cls(segment)

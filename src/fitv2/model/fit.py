@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import ModelConfig, Runtime
 from ..text import TextFeatures
 from ..tokens import TokenLayout
-from .attention import choose_attention
+from .attention import choose_attention, contiguous_runs
 from .layers import (
     CaptionEmbedder,
     Conditioning,
@@ -212,8 +212,11 @@ class FiT(nn.Module):
         """The layout prepared for the blocks: RoPE tables and the attention kernel, once per forward pass."""
         cfg = self.config
         cos, sin = rope_tables(layout, cfg.head_dim, cfg.rope_theta, rope or RopeScaling(), cfg.rope_train_len)
-        attention = choose_attention(self.runtime.attention, layout.attention_segment(text_valid))
-        return LayoutPlan.build(layout, cos, sin, attention, text_valid)
+        segment = layout.attention_segment(text_valid)
+        runs = contiguous_runs(segment) if segment is not None else None  # once, for attention and adaLN
+        attention = choose_attention(self.runtime.attention, segment, runs)
+        # A text layout's attention segment leaves out empty text slots; adaLN takes the images' runs.
+        return LayoutPlan.build(layout, cos, sin, attention, text_valid, runs if segment is layout.segment else None)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tokens import TokenLayout
-from .attention import AttentionBackend, contiguous_runs
+from .attention import AttentionBackend, Runs, contiguous_runs
 from .rope import apply_rope
 
 
@@ -58,9 +58,6 @@ class _SegmentAffine(torch.autograd.Function):
         if ctx.has_shift and ctx.needs_input_grad[2]:
             grad_shift = torch.zeros_like(scale).index_add_(0, rows, flat.to(scale.dtype))
         return grad_x, grad_scale, grad_shift, None, None
-
-
-Runs = list[tuple[list[int], list[int]]]  # per row: run lengths and their image ids (0: padding)
 
 
 def _by_runs(x: Tensor, runs: Runs, image_op) -> Tensor:
@@ -116,9 +113,12 @@ class LayoutPlan:
         sin: Tensor,
         attention: AttentionBackend,
         text_valid: Tensor | None = None,
+        runs: Runs | None = None,
     ) -> LayoutPlan:
+        """``runs``: :func:`contiguous_runs` of ``layout.segment``, where the caller has them."""
         mask = layout.mask if layout.text is None else layout.in_context(text_valid).to(layout.mask.dtype)
-        runs = contiguous_runs(layout.segment) if layout.segment is not None else None
+        if runs is None and layout.segment is not None:
+            runs = contiguous_runs(layout.segment)
         return cls(layout, cos, sin, attention, layout.flat_image_index(), mask, runs)
 
 
