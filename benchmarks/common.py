@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fitv2.train import TrainConfig, train
+from fitv2.training import TrainConfig, train
 
 
 def train_for_tokens(

@@ -34,10 +34,9 @@ from common import cpu_name, train_for_tokens
 from fitv2.data.prepare import prepare
 from fitv2.eval.classifier import load_classifier, train_classifier
 from fitv2.eval.evaluate import ClassifierFeatures, evaluate
-from fitv2.generate import Sampler, write_samples
 from fitv2.model.rope import rope_scaling
 from fitv2.plot import image_grid
-from fitv2.sampling import Guidance, SolverConfig
+from fitv2.sampling import Guidance, Sampler, SolverConfig, write_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "clipart" / "metadata.jsonl"

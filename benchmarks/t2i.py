@@ -33,8 +33,8 @@ from common import cpu_name, train_for_tokens
 from fitv2.data.prepare import prepare
 from fitv2.eval.classifier import train_classifier
 from fitv2.eval.evaluate import ClassifierFeatures, evaluate
-from fitv2.generate import Sampler, prompt_grid
-from fitv2.sampling import Guidance, SolverConfig
+from fitv2.sampling import Guidance, Sampler, SolverConfig
+from fitv2.sampling.writers import prompt_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "clipart" / "metadata.jsonl"

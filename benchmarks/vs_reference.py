@@ -46,7 +46,7 @@ from fitv2.model.fit import build_model
 from fitv2.parity import EXACT
 from fitv2.sampling import Guidance, SolverConfig, sample_tokens
 from fitv2.tokens import pad_sequences
-from fitv2.train import make_optimizer
+from fitv2.training.loop import make_optimizer
 
 BUDGETS = {"256": ("imagenet-256", 8), "1024": ("imagenet-1024", 2)}
 

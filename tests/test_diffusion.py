@@ -5,9 +5,10 @@ import pytest
 import torch
 from conftest import randomize, tiny_config
 
-from fitv2.diffusion import Diffusion, ddpm_sample, linear_betas, respaced_timesteps
 from fitv2.model import FiT
-from fitv2.sampling import Guidance, SolverConfig, VelocityField, noise_tokens, sample_tokens
+from fitv2.sampling import Guidance, SolverConfig, VelocityField, sample_tokens
+from fitv2.sampling.ddpm import Diffusion, ddpm_sample, linear_betas, respaced_timesteps
+from fitv2.sampling.sample import noise_tokens
 
 V1 = dict(adaln="full", mlp="swiglu-large", qk_norm=None, learn_sigma=True, continuous_time=False)
 

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from conftest import free_port
 
 from fitv2.checkpoint import read_state_dict
-from fitv2.train import TrainConfig, train
+from fitv2.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # each test spawns two processes
 

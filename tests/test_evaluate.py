@@ -11,10 +11,10 @@ import torch
 from imagegen import make_class_folder, shapes_image
 from PIL import Image
 
-from fitv2.cli import build_parser
+from fitv2.cli import build_parser, dispatch
+from fitv2.cli.evaluate import default_json_path, format_table
 from fitv2.eval import inception as inception_module
 from fitv2.eval.classifier import ClassifierConfig, train_classifier
-from fitv2.eval.commands import default_json_path, format_table
 from fitv2.eval.evaluate import (
     ClassifierFeatures,
     InceptionFeatures,
@@ -231,7 +231,7 @@ def test_adm_statistics_need_inception_features(setup, tmp_path):
 
 def _cli(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return dispatch(args)
 
 
 def test_commands(setup, tmp_path, capsys):

@@ -7,9 +7,9 @@ from imagegen import make_class_folder
 from fitv2.checkpoint import read_state_dict
 from fitv2.config import model_config
 from fitv2.data.prepare import prepare
-from fitv2.finetune import apply_finetune, trainable_fraction
 from fitv2.model import build_model
-from fitv2.train import TrainConfig, train
+from fitv2.training import TrainConfig, train
+from fitv2.training.finetune import apply_finetune, trainable_fraction
 
 
 @pytest.mark.parametrize("preset,fraction", [("FiTv2-XL/2", 0.1415), ("FiTv2-3B/2", 0.1399)])

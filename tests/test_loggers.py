@@ -7,8 +7,8 @@ import pytest
 
 from fitv2.cli import main
 from fitv2.errors import ConfigError, UserError
-from fitv2.loggers import parse_loggers
-from fitv2.train import TrainConfig, train
+from fitv2.training import TrainConfig, train
+from fitv2.training.loggers import parse_loggers
 
 
 class FakeRun:

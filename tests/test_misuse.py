@@ -194,19 +194,19 @@ def test_misuse_is_one_error_line_and_exit_2(paths, capsys, command, message):
 
 def test_bugs_keep_their_traceback(paths, monkeypatch):
     """An exception that is not the user's fault is not turned into an error line."""
-    import fitv2.cli as cli
+    import fitv2.cli.models
 
     def broken(args):
         raise ValueError("a bug")
 
-    monkeypatch.setitem(cli.COMMANDS, "models", (cli.ModelsOptions, broken, ""))
+    monkeypatch.setattr(fitv2.cli.models, "run", broken)
     with pytest.raises(ValueError, match="a bug"):
         main(["models"])
 
 
 def test_help_shows_every_default(capsys):
-    from fitv2.options import TrainConfig
     from fitv2.schema import flag_name
+    from fitv2.training import TrainConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -242,9 +242,9 @@ def test_help_is_fast_and_imports_no_torch():
 
 def test_rope_names_match_the_library():
     from fitv2.model.rope import NAMED_SCALINGS
-    from fitv2.options import ATTN_SCALES, LAST_STEPS, ROPE_NAMES, SDE_DIFFUSIONS
-    from fitv2.sampling import LAST_STEPS as SAMPLER_LAST_STEPS
-    from fitv2.sampling import SDE_DIFFUSIONS as SAMPLER_DIFFUSIONS
+    from fitv2.names import ATTN_SCALES, LAST_STEPS, ROPE_NAMES, SDE_DIFFUSIONS
+    from fitv2.sampling.solvers import LAST_STEPS as SAMPLER_LAST_STEPS
+    from fitv2.sampling.solvers import SDE_DIFFUSIONS as SAMPLER_DIFFUSIONS
 
     assert set(ROPE_NAMES) == set(NAMED_SCALINGS)
     assert set(SDE_DIFFUSIONS) == set(SAMPLER_DIFFUSIONS) and set(LAST_STEPS) == set(SAMPLER_LAST_STEPS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fitv2.cli import main
-from fitv2.generate import Sampler
+from fitv2.sampling import Sampler
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from PIL import Image
 
 from fitv2 import FiTv2Pipeline
 from fitv2.cli import main
-from fitv2.generate import Sampler
-from fitv2.sampling import Guidance, SolverConfig
+from fitv2.sampling import Guidance, Sampler, SolverConfig
 
 
 @pytest.fixture(scope="module")

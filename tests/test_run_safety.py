@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fitv2.checkpoint
-import fitv2.run
-import fitv2.train
+import fitv2.training.loop
+import fitv2.training.run
 from fitv2.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -24,10 +24,10 @@ from fitv2.checkpoint import (
 )
 from fitv2.config import model_config
 from fitv2.errors import ConfigError, MissingFileError, UserError
-from fitv2.finetune import load_pretrained
 from fitv2.model import FiT
-from fitv2.run import checkpoint_problem, pick_resume, rotate
-from fitv2.train import TrainConfig, saved_train_config, train
+from fitv2.training import TrainConfig, train
+from fitv2.training.finetune import load_pretrained
+from fitv2.training.run import checkpoint_problem, pick_resume, rotate, saved_train_config
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_environment_is_checked_before_data_or_model(data, tmp_path, monkeypatch
     def no_data(*args, **kwargs):
         raise AssertionError("the dataset was opened before the options were checked")
 
-    monkeypatch.setattr(fitv2.train, "TokenDataset", no_data)
+    monkeypatch.setattr(fitv2.training.loop, "TokenDataset", no_data)
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
         train(_config(data, tmp_path / "file" / "run"))
@@ -304,7 +304,7 @@ def test_checkpoint_files_and_folder_are_synced_around_the_rename(data, tmp_path
         return rename(self, target)
 
     monkeypatch.setattr(fitv2.checkpoint, "fsync_path", record_sync)
-    monkeypatch.setattr(fitv2.run, "fsync_path", record_sync)
+    monkeypatch.setattr(fitv2.training.run, "fsync_path", record_sync)
     monkeypatch.setattr(type(tmp_path), "rename", record_rename)
     out = tmp_path / "run"
     train(_config(data, out, steps=1, ckpt_every=1))

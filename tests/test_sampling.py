@@ -7,7 +7,8 @@ import torch
 from conftest import randomize, tiny_config
 
 from fitv2.model import FiT, rope_scaling
-from fitv2.sampling import Guidance, SolverConfig, VelocityField, apply_guidance, integrate, noise_tokens, sample_tokens
+from fitv2.sampling import Guidance, SolverConfig, VelocityField, apply_guidance, integrate, sample_tokens
+from fitv2.sampling.sample import noise_tokens
 
 
 def decay(t, x):  # dx/dt = -x, x(1) = x(0)/e

@@ -18,20 +18,22 @@ from fitv2.checkpoint import save_model_dir, save_tensors
 from fitv2.config import Runtime, model_config
 from fitv2.data.autoencoder import PixelSpace
 from fitv2.errors import ConfigError, UserError
-from fitv2.generate import Sampler, available_memory, check_memory, estimate_memory, sample_generators
 from fitv2.model import FiT
 from fitv2.model import attention as attention_module
 from fitv2.model.attention import choose_attention
 from fitv2.sampling import (
-    LAST_STEPS,
-    SDE_DIFFUSIONS,
     Guidance,
+    Sampler,
     SolverConfig,
+    available_memory,
+    check_memory,
+    estimate_memory,
     integrate,
-    noise_tokens,
     sample_tokens,
-    score_from_velocity,
 )
+from fitv2.sampling.sample import noise_tokens
+from fitv2.sampling.sampler import sample_generators
+from fitv2.sampling.solvers import LAST_STEPS, SDE_DIFFUSIONS, score_from_velocity
 from fitv2.tokens import pack_sequences, pad_sequences
 
 V1 = dict(adaln="full", mlp="swiglu-large", qk_norm=None, learn_sigma=True, continuous_time=False)
@@ -183,7 +185,7 @@ MEASURE = """
 import json, sys, torch
 from fitv2.config import ModelConfig
 from fitv2.data.autoencoder import PixelSpace
-from fitv2.generate import Sampler
+from fitv2.sampling import Sampler
 from fitv2.model import FiT
 from fitv2.sampling import Guidance, SolverConfig
 
@@ -297,7 +299,7 @@ def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
 
 @pytest.mark.parametrize("rows", [0, 1, 3, 40])
 def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
-    from fitv2.demo import DemoConfig, _report
+    from fitv2.cli.demo import DemoConfig, _report
 
     log = [
         {
@@ -319,7 +321,7 @@ def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
 
 @pytest.mark.slow
 def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
-    from fitv2.demo import DemoConfig, run_demo
+    from fitv2.cli.demo import DemoConfig, run_demo
 
     out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2))
     report = (out / "report.md").read_text()
@@ -333,8 +335,8 @@ def test_text_demo_prompts_and_nearest_training_images():
 
     import numpy as np
 
+    from fitv2.cli.demo import EMBEDDED, demo_prompts, nearest_training_images
     from fitv2.data.images import center_crop, load_rgb
-    from fitv2.demo import EMBEDDED, demo_prompts, nearest_training_images
 
     metadata = EMBEDDED / "metadata.jsonl"
     prompts = demo_prompts(metadata)
@@ -351,7 +353,7 @@ def test_text_demo_prompts_and_nearest_training_images():
 
 @pytest.mark.slow
 def test_the_text_demo_runs_end_to_end(tmp_path):
-    from fitv2.demo import DemoConfig, run_demo
+    from fitv2.cli.demo import DemoConfig, run_demo
 
     out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2, text=True))
     report = (out / "report.md").read_text()

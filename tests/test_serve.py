@@ -13,9 +13,9 @@ import pytest
 from conftest import free_port
 
 from fitv2.cli import main
+from fitv2.cli.page import ASPECTS, aspect_size, check_request, generate
 from fitv2.errors import UserError
-from fitv2.generate import Sampler
-from fitv2.serve import ASPECTS, aspect_size, check_request, generate
+from fitv2.sampling import Sampler
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))

@@ -10,7 +10,7 @@ from imagegen import make_class_folder
 from fitv2.cli import main
 from fitv2.data.dataset import TokenDataset, TokenLoader
 from fitv2.data.index import DatasetIndex
-from fitv2.generate import Sampler
+from fitv2.sampling import Sampler
 
 CAPTIONS = ["a red round disc", "a green bar", "a blue disc on white"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fitv2.checkpoint import read_state_dict
-from fitv2.train import TrainConfig, train
+from fitv2.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_options_saved_by_earlier_versions_still_load():
 
 
 def test_bf16_on_a_cpu_without_bf16_units_warns_with_the_measured_ratio(eight_images, tmp_path, monkeypatch, capsys):
-    import fitv2.train as T
+    import fitv2.training.loop as T
 
     monkeypatch.setattr(T, "bf16_matmul_speedup", lambda: 1 / 17.0)
     train(_config(eight_images, tmp_path / "slow", steps=1, precision="bf16"))
@@ -124,6 +124,6 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_with_the_measured_ratio(eight_im
 
 
 def test_bf16_speedup_is_measured():
-    from fitv2.train import bf16_matmul_speedup
+    from fitv2.training.loop import bf16_matmul_speedup
 
     assert bf16_matmul_speedup(size=128, repeats=1) > 0

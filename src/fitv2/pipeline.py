@@ -21,9 +21,8 @@ from PIL import Image
 
 from .checkpoint import save_json, save_tensors
 from .config import Runtime
-from .generate import Sampler
 from .model.rope import rope_scaling
-from .sampling import Guidance, SolverConfig
+from .sampling import Guidance, Sampler, SolverConfig
 from .text import describe
 
 FORMAT = "fitv2-pipeline"

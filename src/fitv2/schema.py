@@ -12,7 +12,6 @@ This module and :mod:`fitv2.options` import no torch, so ``fitv2 --help`` is fas
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import types
@@ -183,71 +182,15 @@ def build(cls: type, values: dict[str, Any], source: str = "options") -> Any:
     return cls(**values)
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: ... (see `fitv2 CMD --help`)`` and exit status 2."""
+class Options:
+    """Shared behaviour of the option dataclasses."""
 
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
-
-def _default_text(f: dataclasses.Field) -> str:
-    if f.default_factory is not MISSING:
-        value = f.default_factory()
-    else:
-        value = f.default
-    if value is None:
-        return "not set"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return " ".join(map(str, value))
-    return str(value)
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "options"):
+        return build(cls, dict(data), source)
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One argparse argument per field of ``cls``. Flags not given are absent from the namespace."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        md = f.metadata
-        if f.name in skip or not md.get("flag", True):
-            continue
-        hint = hints[f.name]
-        if _is_union(hint):
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        text = md.get("help", "")
-        kwargs: dict[str, Any] = {}
-        if md.get("positional"):
-            parser.add_argument(f.name, help=text.replace("%", "%%"), metavar=md.get("metavar"))
-            continue
-        text = f"{text} (default: {_default_text(f)})".strip()
-        origin = typing.get_origin(hint)
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin is Literal:
-            choices = typing.get_args(hint)
-            kwargs.update(type=type(choices[0]), choices=choices)
-        elif origin is tuple:
-            args = typing.get_args(hint)
-            kwargs.update(type=args[0], nargs=len(args))
-        elif origin is list:
-            kwargs.update(type=typing.get_args(hint)[0], action="append")
-        elif origin is dict or hint is dict:
-            continue
-        else:
-            kwargs["type"] = hint
-            if md.get("choices") is not None:  # long name lists: in the help text, not the usage line
-                kwargs.update(choices=md["choices"], metavar=f.name.upper())
-                text += f"; one of: {', '.join(md['choices'])}"
-        if md.get("metavar"):
-            kwargs["metavar"] = md["metavar"]
-        flags = (flag_name(f.name), *md.get("aliases", ()))
-        parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=text.replace("%", "%%"), **kwargs)
-
-
-def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The fields of ``cls`` present in a parsed namespace (the flags the user gave, and positionals)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(namespace).items() if k in names}
-
-
-__all__ = ["Parser", "add_options", "build", "check_fields", "flag_name", "given", "opt"]
+__all__ = ["Options", "build", "check_fields", "flag_name", "opt", "refuse_unknown"]

@@ -28,13 +28,14 @@ from tqdm import tqdm
 from ..checkpoint import atomic_write, read_state_dict, save_json, save_tensors
 from ..data.images import IMAGE_SUFFIXES, SkipImage, load_rgb, resize_to_budget
 from ..data.sources import list_jsonl
-from ..errors import UserError
+from ..errors import ConfigError, MissingFileError, UserError
 from .classifier import WEIGHTS_FILE, load_classifier
-from .inception import load_inception
+from .inception import FID_WEIGHTS_NAME, FID_WEIGHTS_URL, load_inception
 from .metrics import FeatureStats, class_consistency, frechet_distance, inception_score, precision_recall
 
 CACHE_VERSION = 1
 _LABEL_SUFFIX = re.compile(r"_(\d+)$")
+
 
 __all__ = [
     "ClassifierFeatures",
@@ -42,6 +43,7 @@ __all__ = [
     "ImageSource",
     "InceptionFeatures",
     "evaluate",
+    "make_extractor",
     "open_source",
     "shape_batches",
 ]
@@ -536,3 +538,26 @@ def _consistency(extractor: FeatureExtractor, feats: Features) -> float | None:
     if feats.labels.min() < 0 or feats.labels.max() >= feats.logits.shape[1]:
         return None
     return class_consistency(feats.logits, feats.labels)
+
+
+def make_extractor(
+    kind: str,
+    *,
+    classifier: str | os.PathLike | None = None,
+    inception: str | os.PathLike | None = None,
+    device: str = "cpu",
+    tf_compat: bool = False,
+):
+    """The feature network of ``--features``: 'classifier' (a classifier folder) or 'inception' (FID weights)."""
+    if kind == "classifier":
+        if classifier is None:
+            raise ConfigError("--features classifier needs --classifier DIR (see `fitv2 train-classifier`)")
+        return ClassifierFeatures(classifier, device)
+    if kind == "inception":
+        if inception is None:
+            raise MissingFileError(
+                f"--features inception needs --inception PATH to {FID_WEIGHTS_NAME} "
+                f"(download {FID_WEIGHTS_URL} on a machine with internet access)"
+            )
+        return InceptionFeatures(inception, device, tf_compat)
+    raise ConfigError(f"unknown feature network {kind!r} (use classifier or inception)")

@@ -26,19 +26,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed as dist
-from .checkpoint import atomic_write, load_pickle, load_weights, read_state_dict, save_json, save_model_dir, save_torch
-from .config import ModelConfig, model_config
-from .data.dataset import TokenDataset, TokenLoader
-from .errors import ConfigError, UserError
+from .. import distributed as dist
+from ..checkpoint import atomic_write, load_pickle, load_weights, read_state_dict, save_json, save_model_dir, save_torch
+from ..config import ModelConfig, model_config
+from ..data.dataset import TokenDataset, TokenLoader
+from ..errors import ConfigError, UserError
+from ..flow import TimeSampler, flow_loss
+from ..model.fit import FiT
+from ..model.rope import rope_scaling
+from ..seeds import generator
+from .config import TrainConfig
 from .finetune import apply_finetune, load_pretrained, source_config
-from .flow import TimeSampler, flow_loss
 from .loggers import MetricLoggers, check_loggers
-from .model.fit import FiT
-from .model.rope import rope_scaling
-from .options import TrainConfig
 from .run import RunPlan, checkpoint_dir, clear_run, plan_run, saved_train_config, write_checkpoint
-from .seeds import generator
 
 __all__ = ["TrainConfig", "TrainResult", "checkpoint_dir", "saved_train_config", "train"]
 
@@ -523,7 +523,7 @@ def _advance(bar: tqdm, cfg: TrainConfig, totals: dict) -> None:
 
 
 def write_loss_plot(out: Path) -> None:
-    from .plot import loss_curve
+    from ..plot import loss_curve
 
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line]
     loss_curve([r["step"] for r in rows], [r["loss"] for r in rows]).save(out / "loss.png")

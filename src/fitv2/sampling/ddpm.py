@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # One generator for a batch, or one per sample (along dim 0); None: the global generator.
 Generators = torch.Generator | Sequence[torch.Generator] | None

@@ -13,6 +13,7 @@ nearest to its sample and that image's class.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -22,15 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.images import center_crop, load_rgb
-from .data.prepare import prepare
-from .generate import Sampler, write_samples
-from .model.rope import rope_scaling
-from .plot import image_grid, loss_curve
-from .sampling import Guidance, SolverConfig
-from .train import TrainConfig, train
+from ..data.images import center_crop, load_rgb
+from ..data.prepare import prepare
+from ..model.rope import rope_scaling
+from ..plot import image_grid, loss_curve
+from ..sampling import Guidance, Sampler, SolverConfig, write_samples
+from ..training import TrainConfig, train
+from .flags import given
+from .options import DemoOptions
 
-EMBEDDED = Path(__file__).resolve().parents[2] / "data" / "clipart"
+EMBEDDED = Path(__file__).resolve().parents[3] / "data" / "clipart"
 
 
 @dataclass
@@ -292,3 +294,16 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
         ),
     ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = DemoOptions.from_dict(given(args, DemoOptions))
+    opts.check_environment()
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=opts.output, minutes=opts.minutes, preset=opts.preset, seed=opts.seed, text=opts.text)
+    if opts.data:
+        cfg.data = opts.data
+    out = run_demo(cfg)
+    print(f"demo finished: see {out / 'report.md'} and {out / 'samples.png'}")
+    return 0

@@ -13,7 +13,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 
 LOGGERS = ("tensorboard", "wandb")
 METRICS = ("loss", "lr", "grad_norm", "tokens_per_s")

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, save_json
-from .distributed import Env, barrier, broadcast_object
-from .errors import UserError
-from .generate import Sampler
+from ..checkpoint import atomic_write, save_json
+from ..distributed import Env, barrier, broadcast_object
+from ..errors import UserError
+from .sampler import Sampler
 
 
 def parts_folder(path: Path) -> Path:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 
 ASPECTS = {"1:1": (1, 1), "1:2": (1, 2), "2:1": (2, 1), "1:3": (1, 3), "3:1": (3, 1)}  # height : width
 SOLVER_CHOICES = ("euler", "heun", "sde", "dopri5")
@@ -83,7 +83,7 @@ class Request:
 def rope_choices(sampler) -> list[str]:
     """The extrapolation methods offered: the project's names (not the reference's aliases), and the
     checkpoint's training RoPE."""
-    from .options import ROPE_NAMES
+    from ..names import ROPE_NAMES
 
     names = list(ROPE_NAMES[: ROPE_NAMES.index("normal")])
     return names if sampler.training_rope in names else [*names, sampler.training_rope]
@@ -91,7 +91,7 @@ def rope_choices(sampler) -> list[str]:
 
 def check_request(sampler, values: dict[str, Any]) -> Request:
     """A :class:`Request` from the page's values, or a UserError that names the field."""
-    from .generate import check_size
+    from ..sampling import check_size
 
     def integer(name: str, lo: int, hi: int | None = None) -> int:
         value = values.get(name)
@@ -133,8 +133,8 @@ def generate(sampler, request: Request, progress: bool = True):
     """The uint8 image (H, W, 3) of ``request``: exactly what its ``fitv2 sample`` command writes."""
     import torch
 
-    from .model.rope import rope_scaling
-    from .sampling import Guidance, SolverConfig
+    from ..model.rope import rope_scaling
+    from ..sampling import Guidance, SolverConfig
 
     if request.prompt is not None:
         condition = sampler.encode_prompts([request.prompt])
@@ -219,8 +219,8 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = ()):
 
 def serve(opts) -> None:
     """Load the checkpoint and serve the page until interrupted (``opts``: :class:`fitv2.options.ServeOptions`)."""
-    from .config import Runtime
-    from .generate import Sampler
+    from ..config import Runtime
+    from ..sampling import Sampler
 
     sampler = Sampler.load(
         opts.checkpoint,

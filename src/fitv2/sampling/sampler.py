@@ -1,9 +1,8 @@
-"""Sample images to files: PNGs per size, an ADM-style ``.npz`` per size, one grid across sizes.
+"""``Sampler``: a checkpoint's model with its autoencoder, class names and text encoder, generating images.
 
-Sizes are in pixels, ``HEIGHTxWIDTH``; they must be multiples of patch × autoencoder
-down-sampling (16 for SD-VAE latents with patch 2). Before sampling a size, the peak memory
-it needs is estimated and compared with what the device has free (:func:`estimate_memory`,
-:func:`check_memory`).
+Sizes are in pixels, ``HEIGHTxWIDTH``; they must be multiples of patch × autoencoder down-sampling (16
+for SD-VAE latents with patch 2). Before a size is sampled, its peak memory is estimated and compared
+with what the device has free (:mod:`.memory`).
 """
 
 from __future__ import annotations
@@ -16,33 +15,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, load_model
-from .config import Runtime
-from .data.autoencoder import Autoencoder, load_autoencoder, to_uint8
-from .errors import ConfigError, UserError
-from .model.fit import FiT
-from .model.flops import inference_activation_bytes
-from .model.rope import NAMED_SCALINGS, RopeScaling
-from .plot import image_grid
-from .sampling import Guidance, SolverConfig, sample_mixed, sample_tokens
-from .seeds import generator
-from .text import TextFeatures, load_text_encoder, parse_text_encoder
-from .tokens import unpatchify
+from ..checkpoint import CheckpointError, load_model
+from ..config import Runtime
+from ..data.autoencoder import Autoencoder, load_autoencoder, to_uint8
+from ..errors import ConfigError, UserError
+from ..model.fit import FiT
+from ..model.rope import NAMED_SCALINGS, RopeScaling
+from ..seeds import generator
+from ..text import TextFeatures, load_text_encoder, parse_text_encoder
+from ..tokens import unpatchify
+from .guidance import Guidance
+from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
+from .mixed import sample_mixed
+from .sample import sample_tokens
+from .solvers import SolverConfig
 
 
 class SizeError(UserError):
     """A requested image size the model cannot produce."""
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x512' -> (256, 512): height × width in pixels."""
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise SizeError(f"size {text!r} is not HEIGHTxWIDTH in pixels (e.g. 256x256)")
-    return int(parts[0]), int(parts[1])
 
 
 def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
@@ -63,154 +55,6 @@ def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
 def sample_generators(seed: int, height: int, width: int, indices) -> list[torch.Generator]:
     """One generator per sample, seeded from (seed, height, width, index) alone."""
     return [generator(seed, height, width, int(i)) for i in indices]
-
-
-# Values (B, N, token features) a solver keeps besides the model's own: state, velocities, stages.
-_SOLVER_COPIES = {"euler": 6, "heun": 8, "sde": 10, "ddpm": 8}
-_ADAPTIVE_COPIES = 16
-# Allocator slack and kernel workspaces, seen as a constant in measured peaks.
-_SLACK = 32 * 2**20
-MiB = 2**20
-
-
-def _bytes(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / MiB:.0f} MiB"
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Peak memory of sampling one batch at one size, beyond the loaded weights (bytes)."""
-
-    height: int
-    width: int
-    batch_size: int
-    model: int  # activations of one model call (on a doubled batch with guidance)
-    solver: int  # solver state and guidance combination
-    decode: int  # decoding one image
-    images: int  # the uint8 images of the size, kept and then concatenated
-    rows: int  # rows of a model call: batch_size, doubled with guidance
-
-    @property
-    def total(self) -> int:
-        # The model's activations are freed before decoding starts.
-        return max(self.model + self.solver, self.decode) + self.images + _SLACK
-
-    @property
-    def per_image(self) -> int:
-        """What each image of the batch adds to the sampling peak."""
-        return -(-(self.model + self.solver) // self.batch_size)
-
-    def describe(self) -> str:
-        rows = f"a batch of {self.batch_size}" + (", doubled by guidance" if self.rows > self.batch_size else "")
-        return (
-            f"{_bytes(self.total)} (model activations {_bytes(self.model)} for {rows}, solver "
-            f"{_bytes(self.solver)}, decoding one image {_bytes(self.decode)}, images {_bytes(self.images)})"
-        )
-
-
-def decode_bytes(autoencoder: Autoencoder, height: int, width: int) -> int:
-    """Peak memory of decoding one image of height × width pixels."""
-    pixels = height * width
-    vae = getattr(autoencoder, "vae", None)
-    if vae is None:  # pixel space: a clamp and the uint8 conversion
-        return 48 * pixels
-    # A diffusers decoder peaks in its full-resolution block: the up-sampled input of the second
-    # level's channels, its norm and activation (measured: ~4 KB per pixel for SD-VAE, 256 channels).
-    channels = list(vae.config.block_out_channels)
-    return 16 * (channels[1] if len(channels) > 1 else channels[0]) * pixels
-
-
-def estimate_memory(
-    model: FiT,
-    autoencoder: Autoencoder,
-    height: int,
-    width: int,
-    batch_size: int,
-    solver: SolverConfig = SolverConfig(),
-    guidance: Guidance = Guidance(),
-    num_images: int | None = None,
-    masked: bool = False,
-) -> MemoryEstimate:
-    """The peak memory of :meth:`Sampler.generate` for one batch at height × width pixels, from the
-    model's activations for the batch's tokens (doubled by guidance; rows of one size are never
-    padded, so attention needs no N × N scores; ``masked``: a mixed-size batch, whose padded or packed
-    rows of at most this size's tokens may), the solver state, decoding one image and the
-    ``num_images`` (default ``batch_size``) uint8 results."""
-    cfg = model.config
-    unit = cfg.patch_size * autoencoder.downsample
-    tokens = (height // unit) * (width // unit) + cfg.text_len  # a text model's caption slots too
-    rows = batch_size * (2 if guidance.doubles_batch else 1)
-    value_bytes = next(model.parameters()).element_size()
-    activations = inference_activation_bytes(cfg, rows, tokens, masked=masked, value_bytes=value_bytes)
-    copies = _SOLVER_COPIES.get(solver.solver, _ADAPTIVE_COPIES)
-    solver_bytes = copies * rows * tokens * cfg.token_dim * 4
-    images = 2 * (num_images or batch_size) * height * width * 3
-    return MemoryEstimate(
-        height, width, batch_size, activations, solver_bytes, decode_bytes(autoencoder, height, width), images, rows
-    )
-
-
-def _cgroup_free() -> int | None:
-    """Room left under a cgroup v2 memory limit (page cache that can be dropped counts as free)."""
-    root = Path("/sys/fs/cgroup")
-    try:
-        limit = (root / "memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        used = int((root / "memory.current").read_text())
-        stat = dict(line.split() for line in (root / "memory.stat").read_text().splitlines())
-        return int(limit) - used + int(stat.get("inactive_file", 0))
-    except (OSError, ValueError):
-        return None
-
-
-def available_memory(device: torch.device | str) -> int | None:
-    """Bytes free for new tensors on ``device``, or None where that is unknown. CPU: MemAvailable
-    (and a cgroup limit, if lower); CUDA: free device memory plus what torch holds cached."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        cuda_free, _ = torch.cuda.mem_get_info(device)
-        return cuda_free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type != "cpu":
-        return None
-    free: int | None = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                free = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        free = None
-    limited = _cgroup_free()
-    if limited is not None:
-        free = limited if free is None else min(free, limited)
-    return free
-
-
-class SampleMemoryError(UserError):
-    """Sampling a size would need more memory than the device has free."""
-
-
-def check_memory(
-    estimate: MemoryEstimate, device: torch.device | str, force: bool = False, free: int | None = None
-) -> None:
-    """Raise a UserError when ``estimate`` exceeds the free memory of ``device`` (``free``: that
-    amount, if already known); nothing when ``force``, or when the free memory is unknown."""
-    if force:
-        return
-    free = available_memory(device) if free is None else free
-    if free is None or estimate.total <= free:
-        return
-    room = free - estimate.images - _SLACK
-    if estimate.decode > room:
-        advice = f"decoding one image alone needs {_bytes(estimate.decode)}: choose a smaller size"
-    elif room >= estimate.per_image:
-        advice = f"a batch size of at most {room // estimate.per_image} fits"
-    else:
-        advice = "not even a batch of one fits: choose a smaller size"
-    raise SampleMemoryError(
-        f"sampling {estimate.height}x{estimate.width} needs about {estimate.describe()}, but "
-        f"only {_bytes(free)} is free on {torch.device(device)}; {advice}, or force it (--force)"
-    )
 
 
 @dataclass
@@ -257,7 +101,7 @@ class Sampler:
         with ``preset``. ``runtime``: how the model runs (attention kernel); the weights and config come from
         the checkpoint.
         ``text_encoder``: 'minilm' / 'clip:PATH' in place of the one recorded (a CLIP folder that moved)."""
-        from .run import newest_checkpoint
+        from ..training.run import newest_checkpoint
 
         path = Path(checkpoint)
         path = newest_checkpoint(path) or path  # a run folder: its newest intact checkpoint
@@ -526,51 +370,3 @@ class Sampler:
                 # pixels stay the same whatever batch it was sampled in.
                 out.extend(to_uint8(self.autoencoder.decode(latent[None])).numpy() for latent in latents)
         return out
-
-
-def write_samples(
-    out: str | Path,
-    results: dict[tuple[int, int], np.ndarray],
-    labels: torch.Tensor | None,
-    class_names: list[str],
-    grid_columns: int = 16,
-    prompts: list[str] | None = None,
-) -> Path:
-    """PNGs in OUT/HxW/, OUT/HxW.npz (arr_0 uint8 NHWC, arr_1 labels), OUT/grid.png across sizes.
-
-    With ``prompts`` (a text-to-image model; ``labels`` None): PNGs named by index, the prompts in
-    OUT/prompts.txt (line i = image i) and in each npz as ``prompts``; grid rows are the prompts."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for (height, width), images in results.items():
-        folder = out / f"{height}x{width}"
-        folder.mkdir(exist_ok=True)
-        for i, im in enumerate(images):
-            name = f"{i:06d}.png" if labels is None else f"{i:06d}_{int(labels[i])}.png"
-            Image.fromarray(im).save(folder / name)
-        arrays: dict[str, Any] = {"arr_0": images}
-        if labels is not None:
-            arrays["arr_1"] = labels.numpy()
-        if prompts is not None:
-            arrays["prompts"] = np.array(prompts)
-        np.savez(out / f"{height}x{width}.npz", **arrays)
-    if prompts is not None:
-        (out / "prompts.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts))
-        grid = prompt_grid(results, prompts[:grid_columns])
-    else:
-        assert labels is not None
-        cols = min(grid_columns, len(labels))
-        rows = [list(images[:cols]) for images in results.values()]
-        row_names = [f"{h}x{w}" for h, w in results]
-        col_names = [class_names[int(y)] for y in labels[:cols]]
-        grid = image_grid(rows, row_names, col_names, min_cell=64)
-    grid.save(out / "grid.png")
-    return out / "grid.png"
-
-
-def prompt_grid(results: dict[tuple[int, int], np.ndarray], prompts: list[str], max_label: int = 48) -> Image.Image:
-    """One row per prompt (labelled with it), one column per size."""
-    smallest = min(min(h, w) for h, w in results)
-    rows = [[images[i] for images in results.values()] for i in range(len(prompts))]
-    labels = [p if len(p) <= max_label else p[: max_label - 1] + "…" for p in prompts]
-    return image_grid(rows, labels, [f"{h}x{w}" for h, w in results], scale=max(1, -(-64 // smallest)))

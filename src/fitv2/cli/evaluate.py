@@ -1,40 +1,16 @@
-"""``fitv2 evaluate`` and ``fitv2 train-classifier`` once ``cli.py`` has checked their options."""
+"""``fitv2 evaluate``: FD, sFD, IS, precision/recall and class consistency of generated images, as a table
+and ``metrics.json``."""
 
 from __future__ import annotations
 
+import argparse
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MissingFileError, UserError
-from ..options import ClassifierOptions, EvaluateOptions
-
-
-def make_extractor(
-    kind: str,
-    *,
-    classifier: str | os.PathLike | None = None,
-    inception: str | os.PathLike | None = None,
-    device: str = "cpu",
-    tf_compat: bool = False,
-):
-    """The feature network of ``--features``: 'classifier' (a classifier folder) or 'inception' (FID weights)."""
-    from .evaluate import ClassifierFeatures, InceptionFeatures
-    from .inception import FID_WEIGHTS_NAME, FID_WEIGHTS_URL
-
-    if kind == "classifier":
-        if classifier is None:
-            raise ConfigError("--features classifier needs --classifier DIR (see `fitv2 train-classifier`)")
-        return ClassifierFeatures(classifier, device)
-    if kind == "inception":
-        if inception is None:
-            raise MissingFileError(
-                f"--features inception needs --inception PATH to {FID_WEIGHTS_NAME} "
-                f"(download {FID_WEIGHTS_URL} on a machine with internet access)"
-            )
-        return InceptionFeatures(inception, device, tf_compat)
-    raise ConfigError(f"unknown feature network {kind!r} (use classifier or inception)")
+from ..errors import UserError
+from .flags import given
+from .options import EvaluateOptions
 
 
 def format_table(m: dict[str, Any]) -> str:
@@ -77,10 +53,12 @@ def default_json_path(generated: str | os.PathLike) -> Path:
     return path / "metrics.json" if path.is_dir() else path.with_name(path.stem + "_metrics.json")
 
 
-def run_evaluate(opts: EvaluateOptions) -> int:
-    """``fitv2 evaluate`` with checked options: print the metrics table and write metrics.json."""
+def run(args: argparse.Namespace) -> int:
+    """Print the metrics table and write metrics.json."""
+    opts = EvaluateOptions.from_dict(given(args, EvaluateOptions))
+    opts.check_environment()
     from ..checkpoint import save_json
-    from .evaluate import JsonlSource, evaluate, open_source
+    from ..eval.evaluate import JsonlSource, evaluate, make_extractor, open_source
 
     generated = open_source(opts.generated)
     reference = open_source(opts.reference, opts.split, opts.reference_budget)
@@ -91,7 +69,7 @@ def run_evaluate(opts: EvaluateOptions) -> int:
                 f"--clip scores images against their prompts, and {opts.generated} records none "
                 "(an .npz with 'prompts', or a folder with prompts.txt, as `fitv2 sample --prompt` writes)"
             )
-        from .clip_score import ClipScorer
+        from ..eval.clip_score import ClipScorer
 
         clip = ClipScorer(opts.clip, opts.device)  # loaded before hours of feature extraction
     if generated.prompts is not None and generated.labels is None and isinstance(reference, JsonlSource):
@@ -120,34 +98,4 @@ def run_evaluate(opts: EvaluateOptions) -> int:
     out = Path(opts.json) if opts.json else default_json_path(opts.generated)
     save_json(metrics, out)
     print(f"metrics written to {out}")
-    return 0
-
-
-def run_train_classifier(opts: ClassifierOptions) -> int:
-    """``fitv2 train-classifier`` with checked options."""
-    from .classifier import train_classifier
-
-    start = time.perf_counter()
-    meta = train_classifier(
-        opts.data,
-        opts.out,
-        epochs=opts.epochs,
-        batch_size=opts.batch_size,
-        lr=opts.lr,
-        budget=opts.budget,
-        seed=opts.seed,
-        max_minutes=opts.max_minutes,
-        progress=not opts.quiet,
-    )
-    acc = meta["test_accuracy"]
-    by_side = ", ".join(f"{s}²: {a:.3f}" for s, a in meta["test_accuracy_by_side"].items())
-    print(
-        f"classifier ({meta['parameters']:,} parameters, {len(meta['class_names'])} classes) trained on "
-        f"{meta['num_train']} images for {meta['train']['epochs_run']} epochs in "
-        f"{time.perf_counter() - start:.0f}s; saved to {opts.out}"
-    )
-    print(
-        f"test accuracy on {meta['num_test']} images: "
-        + (f"{acc:.3f} (by input area: {by_side})" if acc is not None else "n/a (no test images)")
-    )
     return 0

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import CheckpointError, atomic_write, fsync_path, read_config_json, read_model_config, save_json
-from .errors import ConfigError, MissingFileError, UserError
-from .options import TrainConfig
-from .schema import flag_name
+from ..checkpoint import CheckpointError, atomic_write, fsync_path, read_config_json, read_model_config, save_json
+from ..errors import ConfigError, MissingFileError, UserError
+from ..schema import flag_name
+from .config import TrainConfig
 
 RUN_ENTRIES = ("checkpoints", "log.jsonl", "loss.png", "config.json", "tensorboard", "wandb", "wandb_id")
 MANIFEST = "manifest.json"

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_weights, read_model_config, read_state_dict, weights_file
-from .config import ModelConfig
-from .errors import ConfigError, MissingFileError
+from ..checkpoint import load_weights, read_model_config, read_state_dict, weights_file
+from ..config import ModelConfig
+from ..errors import ConfigError, MissingFileError
 
 PARTIAL_KEYS = ("x_embedder", "bias", "adaLN_modulation", "final_layer")
 FINETUNE_MODES = ("full", "partial")

@@ -1,0 +1,134 @@
+"""``fitv2 sample``: images at any sizes into PNGs, ADM .npz files and a grid, or one evaluation .npz
+over torchrun ranks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .flags import given
+from .options import (
+    SampleOptions,
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = SampleOptions.from_dict(given(args, SampleOptions))
+    opts.check_environment()
+    import numpy as np
+    import torch
+
+    from ..config import Runtime
+    from ..distributed import setup
+    from ..model.rope import rope_scaling
+    from ..sampling import Guidance, Sampler, SolverConfig, check_size, write_samples
+
+    sizes = opts.size_list
+    env = setup(opts.device) if opts.npz else None
+    sampler = Sampler.load(
+        opts.checkpoint,
+        preset=opts.preset,
+        weights=opts.weights,
+        autoencoder=opts.autoencoder,
+        device=str(env.device) if env else opts.device,
+        runtime=Runtime(attention=opts.attention, compile=opts.compile),
+        text_encoder=opts.text_encoder,
+    )
+    for height, width in sizes:  # fail before any work on a bad size
+        check_size(height, width, sampler.unit)
+    prompts = opts.prompts()
+    if sampler.text_conditional and prompts is None:
+        raise ConfigError("this is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE")
+    if prompts is not None and not sampler.text_conditional:
+        raise ConfigError("this model is class-conditional: use --labels or --per-class, not --prompt")
+    labels = None
+    condition: Any  # class labels (a tensor) or caption features
+    if prompts is None:
+        labels = sampler.labels(per_class=opts.per_class, num=opts.num, labels=opts.label_list, seed=opts.seed)
+        condition = labels
+    else:
+        condition = sampler.encode_prompts(prompts)
+    count = len(condition)
+    guidance = Guidance(
+        scale=opts.cfg_scale,
+        channels=opts.guidance_channels,
+        schedule="power-cos" if opts.power_cos else "constant",
+        power=opts.power_cos or 1.0,
+        interval=opts.interval,
+    )
+    ddpm = not sampler.model.config.continuous_time  # FiT v1 weights
+    solver_name = opts.solver or ("ddpm" if ddpm else "euler")
+    if ddpm != (solver_name == "ddpm"):
+        kind = "FiT v1 (DDPM)" if ddpm else "rectified-flow"
+        raise ConfigError(
+            f"--solver {solver_name} does not fit this {kind} model; "
+            + ("use --solver ddpm" if ddpm else "ddpm is for FiT v1 checkpoints")
+        )
+    steps = opts.steps if opts.steps is not None else (250 if ddpm else 50)
+    solver = SolverConfig(
+        solver_name,
+        steps=steps,
+        atol=opts.atol,
+        rtol=opts.rtol,
+        diffusion_form=opts.diffusion_form,
+        last_step=opts.last_step,
+    )
+    rope_name = opts.rope if opts.rope is not None else sampler.training_rope
+    rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
+    if env is not None:
+        return _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, rope_name)
+    sampler.check_memory(sizes, min(opts.batch_size, count), guidance, solver, num_images=count, force=opts.force)
+    options = dict(seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress, force=opts.force)
+    results = {}
+    if len(sizes) > 1 and opts.mixed != "per-size":  # every (size, image) in one job of mixed batches
+        every = [size for size in sizes for _ in range(count)]
+        conditions = condition[torch.arange(count).repeat(len(sizes))]
+        images = sampler.generate_mixed(
+            every, conditions, solver, guidance, rope, **options, pack=opts.mixed == "packed"
+        )
+        for k, size in enumerate(sizes):
+            results[size] = np.stack(images[k * count : (k + 1) * count])
+    else:
+        for height, width in sizes:
+            results[(height, width)] = sampler.generate(height, width, condition, solver, guidance, rope, **options)
+    grid = write_samples(opts.out, results, labels, sampler.class_names, prompts=prompts)
+    print(f"{count} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
+    return 0
+
+
+def _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, rope_name: str) -> int:
+    """``fitv2 sample --npz``: one size into an ADM-format file, split over the torchrun ranks."""
+    from dataclasses import asdict
+
+    from ..distributed import cleanup
+    from ..sampling.npz import sample_npz
+
+    ignored = ("progress", "device", "attention", "out", "force", "npz", "batch_size", "mixed", "compile")
+    record = {k: v for k, v in asdict(opts).items() if k not in ignored}
+    record["checkpoint"] = str(Path(opts.checkpoint).resolve())
+    (height, width) = opts.size_list[0]
+    try:
+        path = sample_npz(
+            sampler,
+            opts.npz,
+            height,
+            width,
+            condition,
+            labels,
+            record,
+            env,
+            opts.progress,
+            solver=solver,
+            guidance=guidance,
+            rope=rope,
+            seed=opts.seed,
+            batch_size=opts.batch_size,
+            force=opts.force,
+        )
+    finally:
+        cleanup(env)
+    if env.is_main:
+        print(f"{len(condition)} images at {height}x{width} in {path} ({env.world_size} process(es), RoPE {rope_name})")
+    return 0

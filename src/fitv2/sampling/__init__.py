@@ -1,0 +1,50 @@
+"""Sampling: from noise to images at any size.
+
+Integration runs from t = 0 (Gaussian noise) to t = 1 (data) in float32.
+
+  solvers.py   ``euler`` and ``heun`` (fixed steps on a uniform grid), any torchdiffeq method such as
+               ``dopri5`` (adaptive; the paper's choice), and ``sde`` (Euler–Maruyama with the
+               reference's diffusion forms and last step)
+  ddpm.py      FiT v1 models, trained as discrete DDPM models: ancestral steps on a respaced schedule
+  guidance.py  classifier-free guidance (all channels or the reference's three), schedules, intervals
+  field.py     the velocity field of a model for fixed conditions, layout, guidance and RoPE
+  sample.py    ``sample_tokens``: one size; mixed.py ``sample_mixed``: many sizes in one batch
+  sampler.py   ``Sampler``: a checkpoint with its autoencoder, generating images (memory.py checks the
+               memory first); writers.py PNGs, ADM ``.npz`` files and grids; npz.py evaluation files
+               over torchrun ranks
+
+Random draws (the initial noise, SDE and DDPM step noise) come from one generator for the batch, or
+from one generator per sample (a sequence), so that a sample's draws do not depend on which other
+samples share its batch.
+"""
+
+from .ddpm import Diffusion, ddpm_sample
+from .field import VelocityField
+from .guidance import Guidance, apply_guidance
+from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
+from .mixed import MixedBatch, sample_mixed
+from .sample import sample_tokens
+from .sampler import Sampler, SizeError, check_size
+from .solvers import SolverConfig, integrate
+from .writers import write_samples
+
+__all__ = [
+    "Diffusion",
+    "Guidance",
+    "MemoryEstimate",
+    "MixedBatch",
+    "Sampler",
+    "SizeError",
+    "SolverConfig",
+    "VelocityField",
+    "apply_guidance",
+    "available_memory",
+    "check_memory",
+    "check_size",
+    "ddpm_sample",
+    "estimate_memory",
+    "integrate",
+    "sample_mixed",
+    "sample_tokens",
+    "write_samples",
+]
