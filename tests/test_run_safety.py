@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fitv2.checkpoint
+import fitv2.run_folder
 import fitv2.training.loop
-import fitv2.training.run
 from fitv2.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -25,9 +25,10 @@ from fitv2.checkpoint import (
 from fitv2.config import model_config
 from fitv2.errors import ConfigError, MissingFileError, UserError
 from fitv2.model import FiT
+from fitv2.run_folder import checkpoint_problem, pick_resume, rotate
 from fitv2.training import TrainConfig, train
 from fitv2.training.finetune import load_pretrained
-from fitv2.training.run import checkpoint_problem, pick_resume, rotate, saved_train_config
+from fitv2.training.run import saved_train_config
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +305,7 @@ def test_checkpoint_files_and_folder_are_synced_around_the_rename(data, tmp_path
         return rename(self, target)
 
     monkeypatch.setattr(fitv2.checkpoint, "fsync_path", record_sync)
-    monkeypatch.setattr(fitv2.training.run, "fsync_path", record_sync)
+    monkeypatch.setattr(fitv2.run_folder, "fsync_path", record_sync)
     monkeypatch.setattr(type(tmp_path), "rename", record_rename)
     out = tmp_path / "run"
     train(_config(data, out, steps=1, ckpt_every=1))

@@ -101,7 +101,7 @@ class Sampler:
         with ``preset``. ``runtime``: how the model runs (attention kernel); the weights and config come from
         the checkpoint.
         ``text_encoder``: 'minilm' / 'clip:PATH' in place of the one recorded (a CLIP folder that moved)."""
-        from ..training.run import newest_checkpoint
+        from ..run_folder import newest_checkpoint
 
         path = Path(checkpoint)
         path = newest_checkpoint(path) or path  # a run folder: its newest intact checkpoint

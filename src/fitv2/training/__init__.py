@@ -1,10 +1,10 @@
 """Training: the loop, its options, the run folder, partial fine-tuning and the metric loggers.
 
-  config.py    ``TrainConfig``: every option of a run, saved in each checkpoint (torch-free)
-  loop.py      ``train(cfg)``: the loop (AdamW, warmup, clipping, EMA, label dropout, bf16 autocast)
-  run.py       the run folder: refusing to train over a run, resuming, rotating checkpoints
-  finetune.py  high-resolution post-training: the partial subset and ``--init-from``
-  loggers.py   tensorboard and wandb beside ``log.jsonl``
+config.py    ``TrainConfig``: every option of a run, saved in each checkpoint (torch-free)
+loop.py      ``train(cfg)``: the loop (AdamW, warmup, clipping, EMA, label dropout, bf16 autocast)
+run.py       the run folder: refusing to train over a run, resuming, rotating checkpoints
+finetune.py  high-resolution post-training: the partial subset and ``--init-from``
+loggers.py   tensorboard and wandb beside ``log.jsonl``
 """
 
 from __future__ import annotations

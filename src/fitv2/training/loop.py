@@ -5,8 +5,8 @@ bf16 autocast. Progress is counted in images and tokens. The noise, time and lab
 of an example are functions of (seed, step, its position in the global batch), so the run
 is the same on any number of ranks and a checkpoint (model, EMA, optimizer, scheduler,
 step, data position) resumes bit for bit. The run folder (refusing to train over an earlier
-run, picking an intact checkpoint, writing one safely) is :mod:`fitv2.run`'s; multi-process
-training (torchrun) is handled by :mod:`fitv2.distributed`.
+run, picking an intact checkpoint, writing one safely) is :mod:`fitv2.training.run`'s and
+:mod:`fitv2.run_folder`'s; multi-process training (torchrun) is handled by :mod:`fitv2.distributed`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from ..errors import ConfigError, UserError
 from ..flow import TimeSampler, flow_loss
 from ..model.fit import FiT
 from ..model.rope import rope_scaling
+from ..run_folder import checkpoint_dir, write_checkpoint
 from ..seeds import generator
 from .config import TrainConfig
 from .finetune import apply_finetune, load_pretrained, source_config
 from .loggers import MetricLoggers, check_loggers
-from .run import RunPlan, checkpoint_dir, clear_run, plan_run, saved_train_config, write_checkpoint
+from .run import RunPlan, clear_run, plan_run
 
-__all__ = ["TrainConfig", "TrainResult", "checkpoint_dir", "saved_train_config", "train"]
+__all__ = ["TrainResult", "bf16_matmul_speedup", "make_optimizer", "train"]
 
 
 @dataclass
