@@ -40,9 +40,10 @@ from PIL import Image
 from fitv2.config import ModelConfig, Runtime, model_config
 from fitv2.data.images import SkipImage, resize_to_budget
 from fitv2.flow import flow_loss
-from fitv2.model.attention import ATTENTION_BACKENDS, choose_attention
+from fitv2.model.attention import choose_attention
 from fitv2.model.fit import build_model
 from fitv2.model.flops import attention_macs, linear_macs
+from fitv2.names import ATTENTION_NAMES
 from fitv2.sampling import Guidance, SolverConfig, sample_tokens
 from fitv2.tokens import first_fit_rows, pack_sequences, pad_sequences
 
@@ -476,7 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="padded,packed",
         help="padded, packed (L = budget), packedK (L = K·budget), flat (the batch in one row, no padding)",
     )
-    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS, help="attention kernel")
+    p.add_argument("--attention", default="auto", choices=ATTENTION_NAMES, help="attention kernel")
     p.add_argument(
         "--sample",
         action="append",

@@ -4,6 +4,7 @@ Each case is (command line, text the message must contain). Paths in {braces} ar
 from the fixture: a prepared dataset, a trained checkpoint, a file, a missing path.
 """
 
+import argparse
 import json
 import os
 
@@ -240,14 +241,19 @@ def test_help_is_fast_and_imports_no_torch():
     assert seconds < 1.0
 
 
-def test_rope_names_match_the_library():
-    from fitv2.model.rope import NAMED_SCALINGS
-    from fitv2.names import ATTN_SCALES, LAST_STEPS, ROPE_NAMES, SDE_DIFFUSIONS
-    from fitv2.sampling.solvers import LAST_STEPS as SAMPLER_LAST_STEPS
-    from fitv2.sampling.solvers import SDE_DIFFUSIONS as SAMPLER_DIFFUSIONS
+def test_rope_names_are_one_list_the_cli_and_the_library_read():
+    """--rope offers fitv2.names.ROPE_NAMES; each resolves in the library, an alias to its project name."""
+    from fitv2.cli import build_parser
+    from fitv2.model.rope import RopeScaling, rope_scaling
+    from fitv2.names import ROPE_ALIASES, ROPE_METHODS, ROPE_NAMES
 
-    assert set(ROPE_NAMES) == set(NAMED_SCALINGS)
-    assert set(SDE_DIFFUSIONS) == set(SAMPLER_DIFFUSIONS) and set(LAST_STEPS) == set(SAMPLER_LAST_STEPS)
-    from fitv2.model import rope
-
-    assert set(ATTN_SCALES) == set(rope.ATTN_SCALES)
+    sample = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["sample"]
+    rope = next(a for a in sample._actions if a.dest == "rope")
+    assert tuple(rope.choices) == ROPE_NAMES
+    for alias, name in ROPE_ALIASES.items():
+        assert rope_scaling(alias) == rope_scaling(name)
+    # the published code's names mean what its sampler does with them (SPEC 2.6)
+    assert rope_scaling("ntkpro2") == RopeScaling("ntk", attn_scale="area")
+    assert rope_scaling("vision-ntk+attn-scale") == RopeScaling("ntk", decouple=True, attn_scale="area")
+    assert rope_scaling("dynntk").with_(decouple=True) == rope_scaling("vision-ntk")
+    assert set(ROPE_METHODS).isdisjoint(ROPE_ALIASES)

@@ -232,11 +232,12 @@ def test_attention_backends_agree_on_padded_and_packed_rows():
 
 
 def test_attention_names_and_availability():
-    from fitv2.config import ATTENTION_NAMES, Runtime
+    from fitv2.config import Runtime
     from fitv2.errors import ConfigError
-    from fitv2.model.attention import ATTENTION_BACKENDS, attention_unavailable, choose_attention
+    from fitv2.model.attention import BACKENDS, attention_unavailable, choose_attention
+    from fitv2.names import ATTENTION_NAMES
 
-    assert ATTENTION_NAMES == ATTENTION_BACKENDS
+    assert set(BACKENDS) == set(ATTENTION_NAMES) - {"auto"}
     assert attention_unavailable("sdpa", "cpu") is None and attention_unavailable("sdpa-varlen", "cpu") is None
     assert "CUDA" in attention_unavailable("torch-varlen", "cpu")
     assert attention_unavailable("flash-varlen", "cpu") is not None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, UnknownNameError
+from .names import ATTENTION_NAMES
 from .schema import check_fields, refuse_unknown
 
 MLP_KINDS = ("swiglu", "swiglu-large", "gelu")
@@ -154,8 +155,6 @@ class ModelConfig:
 
 
 PRECISIONS = ("fp32", "bf16")
-# The kernels of fitv2.model.attention (a test checks that the two lists agree).
-ATTENTION_NAMES = ("auto", "sdpa", "sdpa-varlen", "flex", "flash-varlen", "torch-varlen")
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,7 @@ class Runtime:
     architecture."""
 
     attention: str = "auto"
-    """Attention kernel (:data:`fitv2.model.attention.ATTENTION_BACKENDS`); 'auto' picks per batch."""
+    """Attention kernel (:data:`fitv2.names.ATTENTION_NAMES`); 'auto' picks per batch."""
     grad_checkpointing: bool = False
     """Recompute block activations in the backward pass to save memory."""
     compile: bool = False

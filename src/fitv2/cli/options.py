@@ -14,10 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import ATTENTION_NAMES, PRESETS
+from ..config import PRESETS
 from ..environment import check_attention, check_device, check_exists, check_output_dir
 from ..errors import ConfigError, MissingFileError, UserError
-from ..names import ATTN_SCALES, LAST_STEPS, ROPE_NAMES, SDE_DIFFUSIONS, SOLVERS, TORCHDIFFEQ_METHODS
+from ..names import (
+    ATTENTION_NAMES,
+    ATTN_SCALES,
+    GUIDED_CHANNELS,
+    LAST_STEPS,
+    ROPE_NAMES,
+    SDE_DIFFUSIONS,
+    SOLVERS,
+    TORCHDIFFEQ_METHODS,
+)
 from ..schema import Options, check_fields, opt
 
 
@@ -121,8 +130,8 @@ class SampleOptions(Options):
         help="'minilm' or 'clip:PATH' instead of the text encoder the model records (e.g. a CLIP folder that moved)",
     )
     cfg_scale: float = opt(1.0, ge=0, help="classifier-free guidance scale (1 = off)")
-    guidance_channels: Literal["all", "reference"] = opt(
-        "all", help="'reference' guides latent channels 0-2 only, as the released samplers"
+    guidance_channels: str = opt(
+        "all", choices=GUIDED_CHANNELS, help="'reference' guides latent channels 0-2 only, as the released samplers"
     )
     guidance_interval: str = opt("0,1", metavar="LO,HI", help="apply guidance for t in [LO, HI]")
     power_cos: float | None = opt(None, gt=0, help="power-cos guidance schedule with this exponent")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UserError
+from ..names import ROPE_METHODS
 
 ASPECTS = {"1:1": (1, 1), "1:2": (1, 2), "2:1": (2, 1), "1:3": (1, 3), "3:1": (3, 1)}  # height : width
 SOLVER_CHOICES = ("euler", "heun", "sde", "dopri5")
@@ -80,13 +81,9 @@ class Request:
         return shlex.join(args)
 
 
-def rope_choices(sampler) -> list[str]:
-    """The extrapolation methods offered: the project's names (not the reference's aliases), and the
-    checkpoint's training RoPE."""
-    from ..names import ROPE_NAMES
-
-    names = list(ROPE_NAMES[: ROPE_NAMES.index("normal")])
-    return names if sampler.training_rope in names else [*names, sampler.training_rope]
+def rope_choices() -> list[str]:
+    """The extrapolation methods offered: the project's names (the reference's aliases name the same ones)."""
+    return list(ROPE_METHODS)
 
 
 def check_request(sampler, values: dict[str, Any]) -> Request:
@@ -114,8 +111,8 @@ def check_request(sampler, values: dict[str, Any]) -> Request:
     if not 0 <= guidance <= 20:
         raise UserError(f"guidance scale must be between 0 and 20; got {guidance}")
     rope = values.get("rope")
-    if rope not in rope_choices(sampler):
-        raise UserError(f"extrapolation must be one of {', '.join(rope_choices(sampler))}; got {rope!r}")
+    if rope not in rope_choices():
+        raise UserError(f"extrapolation must be one of {', '.join(rope_choices())}; got {rope!r}")
     seed = integer("seed", 0)
     if sampler.text_conditional:
         prompt = (values.get("prompt") or "").strip()
@@ -203,9 +200,7 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = ()):
                 steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
                 solver = gr.Dropdown(list(SOLVER_CHOICES), value="euler", label="Solver", elem_id="solver")
                 guidance = gr.Slider(0, 20, value=1.5, step=0.1, label="Guidance scale", elem_id="guidance")
-                rope = gr.Dropdown(
-                    rope_choices(sampler), value=sampler.training_rope, label="Extrapolation", elem_id="rope"
-                )
+                rope = gr.Dropdown(rope_choices(), value=sampler.training_rope, label="Extrapolation", elem_id="rope")
                 seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, elem_id="seed")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1):

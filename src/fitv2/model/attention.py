@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..names import ATTENTION_NAMES
 
 VarlenKernel = Callable[..., Tensor]  # (q, k, v, cu_q, cu_k, max_q, max_k) -> out, tokens as (T, H, D)
 
@@ -306,7 +307,8 @@ def _probe_flex(device: torch.device, grad: bool) -> bool:
 BACKENDS: dict[str, type[AttentionBackend]] = {
     cls.name: cls for cls in (SDPA, PerImageSDPA, FlexAttention, FlashVarlen, TorchVarlen)
 }
-ATTENTION_BACKENDS = ("auto", *BACKENDS)
+if set(BACKENDS) != set(ATTENTION_NAMES) - {"auto"}:  # the names --attention offers are these kernels
+    raise ImportError(f"fitv2.names.ATTENTION_NAMES {ATTENTION_NAMES} do not name the kernels {tuple(BACKENDS)}")
 
 
 def attention_unavailable(name: str, device: torch.device | str) -> str | None:
@@ -314,7 +316,7 @@ def attention_unavailable(name: str, device: torch.device | str) -> str | None:
     if name == "auto":
         return None
     if name not in BACKENDS:
-        return f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}"
+        return f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_NAMES)}"
     return BACKENDS[name].unavailable(torch.device(device))
 
 
@@ -342,7 +344,7 @@ def choose_attention(name: str, segment: Tensor | None, runs: Runs | EllipsisTyp
         use_flex = segment.is_cuda and FlexAttention.unavailable(segment.device) is None
         name = "flex" if use_flex else _cpu_choice(segment, runs).name
     if name not in BACKENDS:
-        raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+        raise ConfigError(f"unknown attention backend {name!r}; choose one of {', '.join(ATTENTION_NAMES)}")
     if name == "flex" and not flex_supported(segment.device, torch.is_grad_enabled()):
         name = _cpu_choice(segment, runs).name
     cls = BACKENDS[name]

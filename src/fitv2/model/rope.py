@@ -23,10 +23,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, UnknownNameError
+from ..names import ATTN_SCALES, FREQUENCY_RULES, ROPE_ALIASES, ROPE_METHODS
 from ..tokens import TokenLayout
-
-METHODS = ("none", "pi", "ntk", "ntk-by-parts", "yarn")
-ATTN_SCALES = ("none", "side", "area", "paper")
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,8 @@ class RopeScaling:
     """L_train in tokens; None = the model's ``rope_train_len``."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown RoPE method {self.method!r}; choose one of {METHODS}")
+        if self.method not in FREQUENCY_RULES:
+            raise ConfigError(f"unknown RoPE method {self.method!r}; choose one of {FREQUENCY_RULES}")
         if self.attn_scale not in ATTN_SCALES:
             raise ConfigError(f"unknown attention scale {self.attn_scale!r}; choose one of {ATTN_SCALES}")
 
@@ -58,30 +56,13 @@ class RopeScaling:
         return replace(self, **changes)
 
 
-# Names users type (CLI, configs) -> scaling. The reference's own names are accepted too.
+# Every name users type (CLI, configs, the page) -> its scaling: the project's names and the
+# reference's aliases, both from fitv2.names.
 NAMED_SCALINGS: dict[str, RopeScaling] = {
-    "none": RopeScaling(),
-    "pi": RopeScaling("pi"),
-    "ntk": RopeScaling("ntk"),
-    "ntk-by-parts": RopeScaling("ntk-by-parts"),
-    "yarn": RopeScaling("yarn"),
-    "vision-ntk": RopeScaling("ntk", decouple=True),
-    "vision-ntk-by-parts": RopeScaling("ntk-by-parts", decouple=True),
-    "vision-yarn": RopeScaling("yarn", decouple=True),
-    # FiTv2's "VisionNTK + Attn-Scale" as published: reference ntk-aware-pro2 with --decouple.
-    "vision-ntk+attn-scale": RopeScaling("ntk", decouple=True, attn_scale="area"),
-    # reference custom_freqs / sampler --interpolation names
-    "normal": RopeScaling(),
-    "no": RopeScaling(),
-    "linear": RopeScaling("pi"),
-    "ntk-aware": RopeScaling("ntk"),
-    "dynntk": RopeScaling("ntk"),
-    "partntk": RopeScaling("ntk-by-parts"),
-    "ntk-aware-pro1": RopeScaling("ntk", attn_scale="side"),
-    "ntkpro1": RopeScaling("ntk", attn_scale="side"),
-    "ntk-aware-pro2": RopeScaling("ntk", attn_scale="area"),
-    "ntkpro2": RopeScaling("ntk", attn_scale="area"),
+    name: RopeScaling(method, decouple=decouple, attn_scale=scale)
+    for name, (method, decouple, scale) in ROPE_METHODS.items()
 }
+NAMED_SCALINGS.update({alias: NAMED_SCALINGS[name] for alias, name in ROPE_ALIASES.items()})
 
 
 def rope_scaling(name: str, attn_scale: str | None = None, decouple: bool | None = None) -> RopeScaling:

@@ -9,11 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-
-GUIDED_CHANNELS = ("all", "reference")
-
-
-GUIDANCE_SCHEDULES = ("constant", "power-cos")
+from ..names import GUIDANCE_SCHEDULES, GUIDED_CHANNELS
 
 
 @dataclass(frozen=True)

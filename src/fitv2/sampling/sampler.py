@@ -23,6 +23,7 @@ from ..data.autoencoder import Autoencoder, load_autoencoder, to_uint8
 from ..errors import ConfigError, UserError
 from ..model.fit import FiT
 from ..model.rope import NAMED_SCALINGS, RopeScaling
+from ..names import rope_method
 from ..seeds import generator
 from ..text import TextFeatures, load_text_encoder, parse_text_encoder
 from ..tokens import unpatchify
@@ -134,7 +135,7 @@ class Sampler:
         spec = parse_text_encoder(text_encoder) if text_encoder else meta.get("text_encoder")
         if model.config.text_conditional and spec is None:
             raise UserError(f"{path} is a text-to-image model that records no text encoder; pass --text-encoder")
-        return cls(model, ae, names, rope.lower(), spec if model.config.text_conditional else None, saved)
+        return cls(model, ae, names, rope_method(rope), spec if model.config.text_conditional else None, saved)
 
     def encode_prompts(self, prompts: list[str]) -> TextFeatures:
         """The model's caption features of ``prompts`` (B, M, dim), from its own text encoder; a prompt

@@ -10,15 +10,10 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..names import LAST_STEPS, SDE_DIFFUSIONS
 from .ddpm import Generators, gaussian
 
 FIXED_SOLVERS = ("euler", "heun")
-
-
-SDE_DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
-
-
-LAST_STEPS = ("Mean", "Euler", "Tweedie", "None")
 
 
 @dataclass(frozen=True)

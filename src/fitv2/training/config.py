@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ATTENTION_NAMES, PRESETS, Runtime, model_config
+from ..config import PRESETS, Runtime, model_config
 from ..environment import check_attention, check_device, check_exists, check_output_dir
 from ..errors import ConfigError, MissingFileError, UserError
-from ..names import ROPE_NAMES
+from ..names import ATTENTION_NAMES, ROPE_NAMES
 from ..schema import Options, build, check_fields, opt
 
 
