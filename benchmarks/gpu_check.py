@@ -17,8 +17,9 @@ import torch.distributed as tdist
 
 from fitv2.config import Runtime, model_config
 from fitv2.flow import flow_loss
-from fitv2.model.attention import ATTENTION_BACKENDS, attention_unavailable
+from fitv2.model.attention import attention_unavailable
 from fitv2.model.fit import build_model
+from fitv2.names import ATTENTION_NAMES
 from fitv2.tokens import first_fit_rows, pack_sequences
 
 DEVICE = torch.device("cuda")
@@ -42,10 +43,10 @@ def packed_batch(cfg, seed: int = 0) -> dict:
     )
 
 
-def loss_and_grads(model, batch, dtype) -> tuple[float, list[torch.Tensor]]:
+def loss_and_grads(model, batch, dtype, runtime: Runtime) -> tuple[float, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        loss = flow_loss(model, **batch).loss
+        loss = flow_loss(model, **batch, runtime=runtime).loss
     loss.backward()
     return float(loss), [p.grad.float().clone() for p in model.parameters() if p.grad is not None]
 
@@ -60,15 +61,13 @@ def check_attention() -> bool:
             p.normal_(0, 0.02)
     batch = packed_batch(cfg)
     for dtype, loss_tol, grad_tol in (("fp32", 1e-5, 1e-4), ("bf16", 5e-3, 5e-2)):
-        model.runtime = Runtime(attention="sdpa")
-        ref_loss, ref_grads = loss_and_grads(model, batch, dtype)
-        for name in ATTENTION_BACKENDS:
+        ref_loss, ref_grads = loss_and_grads(model, batch, dtype, Runtime(attention="sdpa"))
+        for name in ATTENTION_NAMES:
             why = attention_unavailable(name, DEVICE.type)
             if why:
                 print(f"SKIP {name:13s} {dtype}: {why}")
                 continue
-            model.runtime = Runtime(attention=name)
-            loss, grads = loss_and_grads(model, batch, dtype)
+            loss, grads = loss_and_grads(model, batch, dtype, Runtime(attention=name))
             worst = max(float((a - b).abs().max() / (b.abs().max() + 1e-12)) for a, b in zip(grads, ref_grads))
             good = abs(loss - ref_loss) <= loss_tol * abs(ref_loss) and worst <= grad_tol
             ok &= good

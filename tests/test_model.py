@@ -259,10 +259,10 @@ def test_model_backends_give_the_same_outputs(backend):
     t, y = torch.rand(2, 2), torch.tensor([[1, 2], [3, 0]])
     ref = model(packed.x, t, y, packed.layout)
     ref_padded = model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout)
-    model.runtime = Runtime(attention=backend)
-    torch.testing.assert_close(model(packed.x, t, y, packed.layout), ref, atol=1e-5, rtol=1e-5)
+    runtime = Runtime(attention=backend)
+    torch.testing.assert_close(model(packed.x, t, y, packed.layout, runtime=runtime), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(
-        model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout),
+        model(padded.x, torch.cat([t[0], t[1, :1]]), torch.tensor([1, 2, 3]), padded.layout, runtime=runtime),
         ref_padded,
         atol=1e-5,
         rtol=1e-5,

@@ -277,12 +277,15 @@ def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
     ]
     with torch.no_grad():
         eager = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout) for b, t, y, _ in cases]
-        model.runtime = Runtime(attention="flex")
+        flex = Runtime(attention="flex")
         for block in model.blocks:
             block.compile(dynamic=True)  # as train.py compiles them
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            compiled = [model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout) for b, t, y, _ in cases]
+            compiled = [
+                model(b.x.to(device), t.to(device), y.to(device), b.to(device).layout, runtime=flex)
+                for b, t, y, _ in cases
+            ]
             segment = torch.tensor([[1] * 5 + [0] * 3]).to(device)
             plan = choose_attention("flex", segment)
     for a, b in zip(compiled, eager):

@@ -183,6 +183,5 @@ def test_cpu_attention_kernels_agree_on_packed_rows_with_short_captions():
     t = torch.tensor([[0.3, 0.7], [0.5, 0.0]])
     outs = {}
     for name in ("sdpa", "sdpa-varlen"):
-        model.runtime = Runtime(attention=name)
-        outs[name] = model(packed.x, t, text, packed.layout)
+        outs[name] = model(packed.x, t, text, packed.layout, runtime=Runtime(attention=name))
     torch.testing.assert_close(outs["sdpa"], outs["sdpa-varlen"], atol=2e-5, rtol=2e-5)

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import ModelConfig, model_config
+from .config import ModelConfig, Runtime, model_config
 from .errors import MissingFileError, UserError
 from .model.fit import FiT
 
@@ -244,12 +244,14 @@ def load_model(
     preset: str | None = None,
     weights: str = "ema",
     device: str | torch.device = "cpu",
+    runtime: Runtime = Runtime(),
     **overrides: Any,
 ) -> FiT:
     """A model from a checkpoint folder of this project (its config.json decides the
     architecture), or a reference weights file plus a preset name.
 
     weights: 'ema' (default, falls back to 'model' when there is no EMA) or 'model'.
+    runtime: how the model runs by default (attention kernel, unpadding); not part of the weights.
     overrides: ModelConfig fields to change (e.g. num_classes for a released checkpoint).
     """
     path = Path(path)
@@ -267,6 +269,6 @@ def load_model(
         except KeyError as err:
             raise CheckpointError(str(err.args[0])) from err
         file = path
-    model = FiT(config)
+    model = FiT(config, runtime)
     load_weights(model, read_state_dict(file), source=str(file))
     return model.to(device).eval()

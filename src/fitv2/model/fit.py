@@ -7,6 +7,8 @@ only through 2D RoPE, so one set of weights serves every height, width and aspec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -35,11 +37,44 @@ def _linear(module: nn.Module) -> nn.Linear:
     return module
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a forward pass derives from a batch's layout, built by :meth:`FiT.plan` and passed in place of
+    the layout: a caller that runs one layout many times (a sampler's steps) builds it once. The model
+    itself caches nothing.
+
+    ``blocks`` is what every block sees (RoPE tables, attention kernel) for the rows as they run: one row
+    of the real tokens when ``unpad`` is set, so padding costs no compute, else the rows as given."""
+
+    layout: TokenLayout  # the caller's rows
+    rope: RopeScaling
+    blocks: LayoutPlan
+    unpad: Tensor | None = None  # (V,) the real tokens' places in the flattened (B·N) rows
+    text_valid: Tensor | None = None  # (B, N) text models: the slots in context (image tokens, caption tokens)
+    grad_checkpointing: bool = False
+
+
+def unpadded_layout(layout: TokenLayout) -> tuple[Tensor, TokenLayout] | None:
+    """(index of the real tokens in the flattened rows, the layout of one row holding them image after
+    image) for a padded batch of one image per row; None when there is nothing to gain."""
+    if layout.packed or layout.text is not None or layout.batch_size < 2 or bool(layout.mask.all()):
+        return None
+    real = layout.mask.reshape(-1) > 0
+    index = real.nonzero().squeeze(1)
+    counts = layout.mask.sum(1).long()
+    B = layout.batch_size
+    grid = layout.grid.transpose(0, 1).reshape(2, -1)[:, index][None]  # (1, 2, V)
+    segment = torch.repeat_interleave(torch.arange(1, B + 1, device=layout.device), counts)[None]
+    flat = TokenLayout(grid, torch.ones_like(segment, dtype=layout.mask.dtype), layout.size.reshape(1, B, 2), segment)
+    return index, flat
+
+
 class FiT(nn.Module):
     """FiTv2 (adaln='lora', QK-Norm, SwiGLU 8d/3) or FiT v1 (adaln='full', SwiGLU 4d) backbone.
 
-    ``runtime`` (attention kernel, activation checkpointing) says how it runs, not what it computes;
-    it is not saved with the config and may be replaced between calls."""
+    ``runtime`` (attention kernel, unpadding, activation checkpointing) says how it runs by default, not
+    what it computes; it is not saved with the config, and a call (or a :class:`Plan`) can pass another.
+    The model keeps no state between calls."""
 
     def __init__(self, config: ModelConfig, runtime: Runtime = Runtime()):
         super().__init__()
@@ -61,8 +96,7 @@ class FiT(nn.Module):
             self.global_adaLN_modulation = None
         self.blocks = nn.ModuleList(FiTBlock(config) for _ in range(config.depth))
         self.final_layer = FinalLayer(d, config.patch_size, config.out_channels, config.adaln_bias)
-        self.runtime = runtime
-        self._last: dict[str, tuple] = {}  # see _memo
+        self._runtime = runtime
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -117,7 +151,8 @@ class FiT(nn.Module):
         self, t: Tensor, text: TextFeatures, layout: TokenLayout, label_drop: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """c = t_emb + the mean of the caption's tokens (B, n, D); the text tokens placed in their slots
-        (B, N, D); and which slots hold a token (B, N). ``text`` holds (B, M, Dt) or (B, n, M, Dt)."""
+        (B, N, D); and the captions' token masks after label dropout (B, n, M). ``text`` holds (B, M, Dt) or
+        (B, n, M, Dt)."""
         if self.caption_embedder is None:
             raise TypeError("a class-conditional model takes class labels, not TextFeatures")
         if layout.text is None:
@@ -129,94 +164,115 @@ class FiT(nn.Module):
         tokens, pooled, mask = self.caption_embedder(features, mask, self.training, label_drop)
         t = t[:, None] if t.dim() == 1 else t
         t = t.expand(mask.shape[:2]) if t.shape[1] < mask.shape[1] else t
-        return self.embed_time(t) + pooled, layout.place_text(tokens), layout.place_text(mask)
+        return self.embed_time(t) + pooled, layout.place_text(tokens), mask
+
+    @property
+    def runtime(self) -> Runtime:
+        """How the model runs by default (chosen at construction; a call can pass another)."""
+        return self._runtime
 
     def forward(
         self,
         x: Tensor,
         t: Tensor,
         y: Tensor | TextFeatures,
-        layout: TokenLayout,
+        layout: TokenLayout | Plan,
         rope: RopeScaling | None = None,
         label_drop: Tensor | None = None,
+        runtime: Runtime | None = None,
     ) -> Tensor:
         """Velocity (or epsilon and variance for v1) per token.
 
         x: (B, N, p²·C) tokens, (c, p1, p2) order.   t: (B,) or (B, n) time.
         y: (B,) or (B, n) labels (num_classes = null), or a caption's :class:`TextFeatures` for a
-        text-to-image model.   layout: where each token sits (:class:`TokenLayout`).
-        rope: extrapolation method (default: none, the training tables).
+        text-to-image model.
+        layout: where each token sits (:class:`TokenLayout`), or the :class:`Plan` that :meth:`plan` built
+        for it: a caller that runs one layout many times (a sampler's steps) builds the plan once.
+        rope: extrapolation method (default: none, the training tables); part of a given plan.
         label_drop: which labels (captions) to replace by the null class (the empty caption); in
-        training, default random.
+        training, default random.   runtime: how to run (default: the model's); part of a given plan.
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
-        unpadded = self._memo("unpad", layout, None, lambda: self._unpadded(layout)) if self.runtime.unpad else None
-        if unpadded is not None and isinstance(y, Tensor):  # one row of the real tokens, then back to the rows
-            index, flat = unpadded
-            drop = None if label_drop is None else label_drop.reshape(1, -1)
-            out = self(x.reshape(-1, x.shape[-1])[index][None], t.reshape(1, -1), y.reshape(1, -1), flat, rope, drop)
-            B, N = layout.mask.shape
-            return out.new_zeros(B * N, out.shape[-1]).index_copy(0, index, out[0]).view(B, N, -1)
+        if isinstance(layout, Plan):
+            if (rope is not None and rope != layout.rope) or runtime is not None:
+                raise ValueError("a Plan carries its RoPE and runtime: build another plan to change them")
+            plan: Plan | TokenLayout = layout
+        elif isinstance(y, Tensor):
+            plan = self.plan(layout, rope, runtime=runtime)
+        else:  # a text model's plan depends on the captions that label dropout keeps: built once they are known
+            plan = layout
+        if not isinstance(plan, Plan) or plan.unpad is None:
+            return self._run(x, t, y, plan, label_drop, rope, runtime)
+        # The real tokens as one row, then back to the rows (padding outputs zeros).
+        B, N = plan.layout.mask.shape
+        drop = None if label_drop is None else label_drop.reshape(1, -1)
+        assert isinstance(y, Tensor)  # plan() unpads class-conditional batches only
+        out = self._run(x.reshape(B * N, -1)[plan.unpad][None], t.reshape(1, -1), y.reshape(1, -1), plan, drop)
+        return out.new_zeros(B * N, out.shape[-1]).index_copy(0, plan.unpad, out[0]).view(B, N, -1)
+
+    def _run(
+        self,
+        x: Tensor,
+        t: Tensor,
+        y: Tensor | TextFeatures,
+        plan: Plan | TokenLayout,
+        label_drop: Tensor | None,
+        rope: RopeScaling | None = None,
+        runtime: Runtime | None = None,
+    ) -> Tensor:
+        """The blocks on the rows as ``plan.blocks`` lays them out (a text model's plan is built here from a
+        layout, once its captions' token masks after label dropout are known)."""
+        layout = plan.blocks.layout if isinstance(plan, Plan) else plan
         x = self.x_embedder(x)  # (B, N, D)
-        text_valid = None
         if isinstance(y, TextFeatures):
-            c, text_tokens, text_valid = self.text_conditioning(t, y, layout, label_drop)
+            c, text_tokens, text_mask = self.text_conditioning(t, y, layout, label_drop)
+            if not isinstance(plan, Plan):
+                plan = self.plan(layout, rope, runtime=runtime, text_mask=text_mask)
+            elif plan.text_valid is None or not torch.equal(layout.place_text(text_mask), plan.text_valid):
+                raise ValueError("this plan was built for other captions (their token masks differ)")
             assert layout.text is not None  # checked by text_conditioning
             x = torch.where(layout.text[..., None], text_tokens.to(x.dtype), x)  # text tokens in their slots
         else:
             c = self.conditioning(t, y, label_drop)  # (B, n, D)
-        if text_valid is None:  # the same layout as the last call (a sampler's steps): the same plan
-            plan = self._memo("plan", layout, (rope, self.runtime), lambda: self.plan(layout, rope))
-        else:
-            plan = self.plan(layout, rope, text_valid)
+        assert isinstance(plan, Plan)
         cond = Conditioning(c, self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0)
         for block in self.blocks:
-            if self.runtime.grad_checkpointing and self.training:
-                x = checkpoint(block, x, cond, plan, use_reentrant=False)
+            if plan.grad_checkpointing and self.training:
+                x = checkpoint(block, x, cond, plan.blocks, use_reentrant=False)
             else:
-                x = block(x, cond, plan)
-        x = self.final_layer(x, cond, plan)  # (B, N, p²·C_out)
+                x = block(x, cond, plan.blocks)
+        x = self.final_layer(x, cond, plan.blocks)  # (B, N, p²·C_out)
         return x * layout.mask[..., None].to(x.dtype)
 
-    def _memo(self, name: str, layout: TokenLayout, key, make):
-        """``make()``, or its value from the last call when it had this very layout object and ``key``:
-        a sampler passes one layout for all its steps, so the RoPE tables, the attention index and the
-        unpadding are built once per batch, not once per step."""
-        last = self._last.get(name)
-        if last is not None and last[0] is layout and last[1] == key:
-            return last[2]
-        value = make()
-        self._last[name] = (layout, key, value)
-        return value
-
-    @staticmethod
-    def _unpadded(layout: TokenLayout) -> tuple[Tensor, TokenLayout] | None:
-        """(index of the real tokens in the flattened rows, the layout of one row holding them image after
-        image) for a padded batch of one image per row; None when there is nothing to gain."""
-        if layout.packed or layout.text is not None or layout.batch_size < 2 or bool(layout.mask.all()):
-            return None
-        real = layout.mask.reshape(-1) > 0
-        index = real.nonzero().squeeze(1)
-        counts = layout.mask.sum(1).long()
-        B = layout.batch_size
-        grid = layout.grid.transpose(0, 1).reshape(2, -1)[:, index][None]  # (1, 2, V)
-        segment = torch.repeat_interleave(torch.arange(1, B + 1, device=layout.device), counts)[None]
-        flat = TokenLayout(
-            grid, torch.ones_like(segment, dtype=layout.mask.dtype), layout.size.reshape(1, B, 2), segment
-        )
-        return index, flat
-
     def plan(
-        self, layout: TokenLayout, rope: RopeScaling | None = None, text_valid: Tensor | None = None
-    ) -> LayoutPlan:
-        """The layout prepared for the blocks: RoPE tables and the attention kernel, once per forward pass."""
-        cfg = self.config
-        cos, sin = rope_tables(layout, cfg.head_dim, cfg.rope_theta, rope or RopeScaling(), cfg.rope_train_len)
-        segment = layout.attention_segment(text_valid)
+        self,
+        layout: TokenLayout,
+        rope: RopeScaling | None = None,
+        *,
+        runtime: Runtime | None = None,
+        text_mask: Tensor | None = None,
+    ) -> Plan:
+        """What a forward pass derives from ``layout``: whether the rows run unpadded, the RoPE tables and
+        the attention kernel. Build it once per layout and pass it as the layout of every call.
+        ``text_mask``: a text-to-image model's caption token masks, (B, M) or (B, n, M) (they decide which
+        text slots are in context)."""
+        cfg, runtime = self.config, runtime or self.runtime
+        rope = rope or RopeScaling()
+        unpad, rows = None, layout
+        if runtime.unpad and text_mask is None:
+            unpadded = unpadded_layout(layout)
+            if unpadded is not None:
+                unpad, rows = unpadded
+        text_valid = None
+        if text_mask is not None:
+            text_valid = layout.place_text(text_mask if text_mask.dim() == 3 else text_mask[:, None])  # (B, N)
+        cos, sin = rope_tables(rows, cfg.head_dim, cfg.rope_theta, rope, cfg.rope_train_len)
+        segment = rows.attention_segment(text_valid)
         runs = contiguous_runs(segment) if segment is not None else None  # once, for attention and adaLN
-        attention = choose_attention(self.runtime.attention, segment, runs)
+        attention = choose_attention(runtime.attention, segment, runs)
         # A text layout's attention segment leaves out empty text slots; adaLN takes the images' runs.
-        return LayoutPlan.build(layout, cos, sin, attention, text_valid, runs if segment is layout.segment else None)
+        blocks = LayoutPlan.build(rows, cos, sin, attention, text_valid, runs if segment is rows.segment else None)
+        return Plan(layout, rope, blocks, unpad, text_valid, runtime.grad_checkpointing)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

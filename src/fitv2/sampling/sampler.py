@@ -119,8 +119,7 @@ class Sampler:
                 f"{path / 'config.json'} records training RoPE {rope!r}, which is not one of: "
                 f"{', '.join(NAMED_SCALINGS)}"
             )
-        model = load_model(path, preset=preset, weights=weights, device=device, **overrides)
-        model.runtime = runtime
+        model = load_model(path, preset=preset, weights=weights, device=device, runtime=runtime, **overrides)
         if runtime.compile:  # each block once per token count it samples (the first batch of a size pays)
             for block in model.blocks:
                 block.compile()
