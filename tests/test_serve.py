@@ -13,7 +13,7 @@ import pytest
 from conftest import free_port
 
 from fitv2.cli import main
-from fitv2.cli.page import ASPECTS, aspect_size, check_request, generate
+from fitv2.cli.page import ASPECTS, Limits, aspect_size, check_request, generate
 from fitv2.errors import UserError
 from fitv2.sampling import Sampler
 
@@ -61,6 +61,9 @@ def test_the_page_image_is_what_its_command_writes(ckpt, tmp_path):
         (dict(height=30), "not possible"),
         (dict(width=2.5), "whole number"),
         (dict(steps=0), "steps must be between 1"),
+        (dict(steps=251), "steps must be between 1 and 250"),
+        (dict(height=128, width=128), "1024 tokens; this page samples at most 256"),
+        (dict(solver="ddpm"), "solver must be one of"),
         (dict(solver="rk4"), "solver must be one of"),
         (dict(solver="sde", steps=1), "at least 2 steps"),
         (dict(guidance=-1), "guidance scale"),
@@ -74,6 +77,17 @@ def test_bad_page_values_are_one_message(ckpt, change, message):
     sampler = Sampler.load(ckpt)
     with pytest.raises(UserError, match=message):
         check_request(sampler, _values(**change))
+
+
+def test_page_limits_come_from_the_options(ckpt):
+    sampler = Sampler.load(ckpt)
+    assert Limits.of(sampler) == Limits(4 * 8 * 8, 250)  # 4x the training tokens (8x8 tokens of 4x4 px)
+    small = Limits(max_tokens=10, max_steps=3)
+    with pytest.raises(UserError, match="at most 10 "):
+        check_request(sampler, _values(height=16, width=16), small)  # 16 tokens
+    with pytest.raises(UserError, match="between 1 and 3"):
+        check_request(sampler, _values(height=8, width=16, steps=4), small)
+    assert check_request(sampler, _values(height=8, width=16, steps=3), small).steps == 3
 
 
 def test_serve_refuses_a_bad_port_and_a_busy_one(ckpt, capsys):
@@ -135,6 +149,36 @@ def test_the_page_in_a_real_browser(ckpt, tmp_path):
         assert "--sizes 24x48" in seen["command"] and "--labels 2" in seen["command"]
         assert "--steps 4" in seen["command"]
         assert (tmp_path / "serve.png").stat().st_size > 10_000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_small_request_is_not_stuck_behind_a_large_one(ckpt):
+    """Two requests at once: with the page's workers (two by default) the small one is done long before the
+    large one, instead of waiting in the queue until the large one finishes."""
+    pytest.importorskip("gradio", reason="pip install 'fitv2[web]'")
+    client_module = pytest.importorskip("gradio_client")
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "fitv2.cli", "serve", str(ckpt), "--port", str(port), "--max-steps", "4000"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, proc)
+        client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        #        class, height, width, steps, solver, guidance, rope, seed
+        large = client.submit(1, 64, 64, 4000, "euler", 3.0, "none", 0, api_name="/generate")
+        deadline = time.monotonic() + 60
+        while large.status().code.name != "PROCESSING" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.monotonic()
+        small = client.submit(1, 8, 8, 1, "euler", 3.0, "none", 0, api_name="/generate")
+        image, command = small.result(timeout=120)
+        waited = time.monotonic() - start
+        assert "--sizes 8x8" in command and Path(image).is_file()
+        assert not large.done(), f"the large request finished first; the small one waited {waited:.1f} s"
+        large.cancel()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -104,45 +104,56 @@ class FiTv2Pipeline:
         height: int | None = None,
         width: int | None = None,
         sizes: list[tuple[int, int]] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
-        solver: str = "euler",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        solver: str | None = None,
         rope: str | None = None,
         seed: int = 0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         batch_size: int = 64,
         progress: bool = False,
         pack: bool = False,
     ) -> list[Image.Image] | np.ndarray | torch.Tensor | list[np.ndarray] | list[torch.Tensor]:
-        """Images of ``height`` × ``width`` pixels (default: the training budget side), one per label or
-        prompt: PIL images (``output_type="pil"``), uint8 (N, H, W, 3) (``"np"``) or the latents (``"latent"``).
+        """Images of ``height`` × ``width`` pixels, one per label or prompt: PIL images (``output_type="pil"``),
+        uint8 (N, H, W, 3) (``"np"``) or the latents (``"latent"``, which need no autoencoder).
 
         ``sizes``: one (height, width) per label or prompt instead, all sampled in one padded batch (packed
         rows with ``pack=True``) of up to ``batch_size`` images; the result is then a list (PIL images, uint8
         arrays or latents) with each image equal to sampling its size alone.
 
-        ``rope``: an extrapolation method by name (default: the one the weights were trained with);
-        ``solver``: euler, heun, sde or a torchdiffeq method; sample i's noise comes from (seed, size, i)."""
+        Unset settings take the checkpoint's defaults (:attr:`Sampler.defaults`, shared with ``fitv2 sample``
+        and the page): the training size, ``solver`` euler with 50 steps (a FiT v1 model: ddpm, 250 steps),
+        ``guidance_scale`` 4.0, ``rope`` the extrapolation the weights were trained with.
+
+        Noise: by default image i's noise comes from its own generator seeded by (``seed``, its size, i), so
+        it is the same image whatever the batch. ``generator`` follows diffusers: one ``torch.Generator``
+        draws the noise of every batch from its stream in turn (images then depend on the batch and its
+        order), or a list of one generator per image gives image i its own draws (initial noise, then an
+        SDE's or DDPM's step noise)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}; got {output_type!r}")
         if (labels is None) == (prompts is None):
             raise ValueError("give labels (a class-conditional model) or prompts (a text-to-image model)")
         if sizes is not None and (height is not None or width is not None):
             raise ValueError("give sizes=[(h, w), ...] or height and width, not both")
-        side = self.config.rope_train_len * self.sampler.unit
-        height, width = height or side, width or side
+        defaults = self.sampler.defaults
+        height, width = height or defaults.height, width or defaults.width
         condition: Any
         if prompts is not None:
             condition = self.sampler.encode_prompts(list(prompts))
         else:
             condition = self.sampler.labels(labels=[int(y) for y in torch.as_tensor(labels).reshape(-1)])
+        steps = defaults.steps if num_inference_steps is None else num_inference_steps
+        scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
         options: dict[str, Any] = dict(
-            solver=SolverConfig(solver, steps=num_inference_steps),
-            guidance=Guidance(scale=guidance_scale),
-            rope=rope_scaling(rope or self.sampler.training_rope),
+            solver=SolverConfig(solver or defaults.solver, steps=steps),
+            guidance=Guidance(scale=scale),
+            rope=rope_scaling(rope or defaults.rope),
             seed=seed,
             batch_size=batch_size,
             progress=progress,
+            generator=generator,
         )
         if sizes is not None:
             sizes = [(int(h), int(w)) for h, w in sizes]

@@ -27,6 +27,7 @@ from ..names import (
     SOLVERS,
     TORCHDIFFEQ_METHODS,
 )
+from ..sampling.defaults import DDPM_STEPS, FLOW_SOLVER, FLOW_STEPS, GUIDANCE_SCALE
 from ..schema import Options, check_fields, opt
 
 
@@ -110,7 +111,9 @@ class SampleOptions(Options):
     preset: str | None = opt(None, choices=tuple(PRESETS), help="preset of a bare weights file, e.g. FiTv2-XL/2")
     weights: Literal["ema", "model"] = opt("ema", help="which weights of a checkpoint folder")
     autoencoder: str | None = opt(None, help="'pixel' or a VAE folder (not set: the one the model was trained with)")
-    sizes: str = opt("32x32", help="comma-separated HEIGHTxWIDTH in pixels, e.g. 32x32,24x48")
+    sizes: str | None = opt(
+        None, help="comma-separated HEIGHTxWIDTH in pixels, e.g. 32x32,24x48 (not set: the training size)"
+    )
     labels: str | None = opt(None, help="comma-separated class ids (not set: random)")
     per_class: int | None = opt(None, ge=1, help="this many samples of every class")
     num: int = opt(
@@ -129,16 +132,22 @@ class SampleOptions(Options):
         None,
         help="'minilm' or 'clip:PATH' instead of the text encoder the model records (e.g. a CLIP folder that moved)",
     )
-    cfg_scale: float = opt(1.0, ge=0, help="classifier-free guidance scale (1 = off)")
+    cfg_scale: float | None = opt(
+        None, ge=0, help=f"classifier-free guidance scale, 1 = off (not set: {GUIDANCE_SCALE:g})"
+    )
     guidance_channels: str = opt(
         "all", choices=GUIDED_CHANNELS, help="'reference' guides latent channels 0-2 only, as the released samplers"
     )
     guidance_interval: str = opt("0,1", metavar="LO,HI", help="apply guidance for t in [LO, HI]")
     power_cos: float | None = opt(None, gt=0, help="power-cos guidance schedule with this exponent")
     solver: str | None = opt(
-        None, help="euler (default), heun, dopri5 (or any torchdiffeq method), sde; FiT v1 models: ddpm (their default)"
+        None,
+        help=f"{FLOW_SOLVER} (default), heun, dopri5 (or any torchdiffeq method), sde; FiT v1 models: ddpm "
+        "(their default)",
     )
-    steps: int | None = opt(None, ge=1, help="solver steps (fixed-step solvers, sde, ddpm); not set: 50, ddpm 250")
+    steps: int | None = opt(
+        None, ge=1, help=f"solver steps (fixed-step solvers, sde, ddpm); not set: {FLOW_STEPS}, ddpm {DDPM_STEPS}"
+    )
     atol: float = opt(1e-6, gt=0, help="adaptive solvers' absolute tolerance")
     rtol: float = opt(1e-3, gt=0, help="adaptive solvers' relative tolerance")
     diffusion_form: str = opt("sigma", choices=SDE_DIFFUSIONS, help="SDE diffusion form")
@@ -177,8 +186,8 @@ class SampleOptions(Options):
         if self.npz is not None:
             if not self.npz.endswith(".npz"):
                 raise ConfigError(f"--npz must name a .npz file; got {self.npz!r}")
-            if len(self.size_list) != 1:
-                raise ConfigError(f"--npz holds images of one size; --sizes gives {len(self.size_list)}")
+            if len(self.size_list or [None]) != 1:
+                raise ConfigError(f"--npz holds images of one size; --sizes gives {len(self.size_list or [])}")
         if self.solver is not None and self.solver not in (*SOLVERS, *TORCHDIFFEQ_METHODS):
             raise ConfigError(
                 f"--solver must be one of {', '.join(SOLVERS)} or a torchdiffeq method "
@@ -210,7 +219,10 @@ class SampleOptions(Options):
         return lo, hi
 
     @property
-    def size_list(self) -> list[tuple[int, int]]:
+    def size_list(self) -> list[tuple[int, int]] | None:
+        """The sizes asked for (None: the checkpoint's training size)."""
+        if self.sizes is None:
+            return None
         sizes = [parse_size(s) for s in self.sizes.split(",")]
         if not sizes:
             raise ConfigError("--sizes is empty")
@@ -314,6 +326,11 @@ class ServeOptions(Options):
     autoencoder: str | None = opt(None, help="'pixel' or a VAE folder (not set: the one the model was trained with)")
     text_encoder: str | None = opt(None, help="'minilm' or 'clip:PATH' instead of the text encoder the model records")
     device: str = opt("cpu", help="auto, cpu, cuda, cuda:N or mps")
+    max_tokens: int | None = opt(
+        None, ge=1, help="largest image the page samples, in tokens (not set: 4x the training tokens)"
+    )
+    max_steps: int = opt(250, ge=1, help="most solver steps one request may ask for")
+    workers: int = opt(2, ge=1, help="requests sampled at once (a small one is not stuck behind a large one)")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -19,9 +19,34 @@ from ..errors import ConfigError, UserError
 from ..names import ROPE_METHODS
 
 ASPECTS = {"1:1": (1, 1), "1:2": (1, 2), "2:1": (2, 1), "1:3": (1, 3), "3:1": (3, 1)}  # height : width
-SOLVER_CHOICES = ("euler", "heun", "sde", "dopri5")
-MAX_STEPS = 500
+FLOW_SOLVERS = ("euler", "heun", "sde", "dopri5")  # rectified-flow models; FiT v1 (DDPM) models take ddpm
 INSTALL = "pip install 'fitv2[web]'"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, so that no request holds a worker for hours."""
+
+    max_tokens: int  # tokens of the largest image (height / unit × width / unit)
+    max_steps: int
+
+    @classmethod
+    def of(cls, sampler, max_tokens: int | None = None, max_steps: int = 250) -> Limits:
+        """``max_tokens`` not set: 4× the tokens the model was trained at."""
+        return cls(max_tokens or 4 * sampler.model.config.rope_train_len**2, max_steps)
+
+
+def solver_choices(sampler) -> tuple[str, ...]:
+    """The solvers that fit the model: ddpm for FiT v1 (DDPM) weights, the flow solvers otherwise."""
+    return ("ddpm",) if sampler.defaults.solver == "ddpm" else FLOW_SOLVERS
+
+
+def page_defaults(sampler) -> dict[str, Any]:
+    """The page's initial values: the checkpoint's sampling defaults (as ``fitv2 sample`` and the pipeline
+    take them), class 0 and seed 0."""
+    d = sampler.defaults
+    values = dict(height=d.height, width=d.width, steps=d.steps, solver=d.solver, guidance=d.guidance_scale)
+    return {**values, "rope": d.rope, "seed": 0, "label": 0, "prompt": ""}
 
 
 def check_gradio() -> None:
@@ -86,9 +111,12 @@ def rope_choices() -> list[str]:
     return list(ROPE_METHODS)
 
 
-def check_request(sampler, values: dict[str, Any]) -> Request:
-    """A :class:`Request` from the page's values, or a UserError that names the field."""
+def check_request(sampler, values: dict[str, Any], limits: Limits | None = None) -> Request:
+    """A :class:`Request` from the page's values, or a UserError that names the field (``limits``: the
+    largest image and most steps allowed, by default :meth:`Limits.of` the sampler)."""
     from ..sampling import check_size
+
+    limits = limits or Limits.of(sampler)
 
     def integer(name: str, lo: int, hi: int | None = None) -> int:
         value = values.get(name)
@@ -100,11 +128,16 @@ def check_request(sampler, values: dict[str, Any]) -> Request:
         return number
 
     height, width = integer("height", 1), integer("width", 1)
-    check_size(height, width, sampler.unit)
-    steps = integer("steps", 1, MAX_STEPS)
+    h, w = check_size(height, width, sampler.unit)
+    if h * w > limits.max_tokens:
+        raise UserError(
+            f"{height}x{width} is {h * w} tokens; this page samples at most {limits.max_tokens} "
+            f"(fitv2 serve --max-tokens)"
+        )
+    steps = integer("steps", 1, limits.max_steps)
     solver = values.get("solver")
-    if solver not in SOLVER_CHOICES:
-        raise UserError(f"solver must be one of {', '.join(SOLVER_CHOICES)}; got {solver!r}")
+    if solver not in solver_choices(sampler):
+        raise UserError(f"solver must be one of {', '.join(solver_choices(sampler))}; got {solver!r}")
     if solver == "sde" and steps < 2:
         raise UserError("the SDE solver needs at least 2 steps")
     guidance = float(values.get("guidance") or 0)
@@ -155,12 +188,15 @@ def generate(sampler, request: Request, progress: bool = True):
 CSS = "#result img { object-fit: contain; width: 100%; height: 100%; image-rendering: pixelated; }"
 
 
-def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = ()):
+def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = (), limits: Limits | None = None, workers: int = 1):
     """The gradio Blocks page for ``sampler``, loaded from ``checkpoint`` with the ``loading`` options
-    (both are repeated in the commands it shows)."""
+    (both are repeated in the commands it shows); ``limits`` bound each request, ``workers`` requests are
+    sampled at once (each in its own thread)."""
     import gradio as gr
 
     cfg = sampler.model.config
+    limits = limits or Limits.of(sampler)
+    start = page_defaults(sampler)
     side = cfg.rope_train_len * sampler.unit
     params = sum(p.numel() for p in sampler.model.parameters())
 
@@ -168,7 +204,7 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = ()):
         names = ["prompt" if sampler.text_conditional else "label", "height", "width", "steps", "solver"]
         values = dict(zip([*names, "guidance", "rope", "seed"], args))
         try:
-            request = check_request(sampler, values)
+            request = check_request(sampler, values, limits)
         except UserError as err:
             raise gr.Error(str(err)) from None
         image = generate(sampler, request)
@@ -177,43 +213,56 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = ()):
     with gr.Blocks(title=f"fitv2 · {cfg.name}") as app:
         gr.Markdown(
             f"## fitv2 · {cfg.name}\n{params:,} parameters, trained at {side}×{side} pixels "
-            f"(RoPE `{sampler.training_rope}`). Any height and width in multiples of {sampler.unit} px."
+            f"(RoPE `{sampler.training_rope}`). Any height and width in multiples of {sampler.unit} px, up to "
+            f"{limits.max_tokens} tokens; at most {limits.max_steps} steps."
         )
         with gr.Row():
             with gr.Column(scale=1):
                 condition: gr.Textbox | gr.Dropdown
                 if sampler.text_conditional:
-                    condition = gr.Textbox(label="Prompt", value="", elem_id="prompt")
+                    condition = gr.Textbox(label="Prompt", value=start["prompt"], elem_id="prompt")
                 else:
                     choices = [(f"{i}: {name}", i) for i, name in enumerate(sampler.class_names)]
-                    condition = gr.Dropdown(choices=choices, value=0, label="Class", elem_id="label")
+                    condition = gr.Dropdown(choices=choices, value=start["label"], label="Class", elem_id="label")
                 with gr.Row():
                     height = gr.Number(
-                        value=side, label="Height (px)", precision=0, step=sampler.unit, elem_id="height"
+                        value=start["height"], label="Height (px)", precision=0, step=sampler.unit, elem_id="height"
                     )
-                    width = gr.Number(value=side, label="Width (px)", precision=0, step=sampler.unit, elem_id="width")
+                    width = gr.Number(
+                        value=start["width"], label="Width (px)", precision=0, step=sampler.unit, elem_id="width"
+                    )
                 with gr.Row():
                     for aspect in ASPECTS:
                         name = f"aspect-{aspect.replace(':', '-')}"
                         button = gr.Button(aspect, size="sm", min_width=40, elem_id=name)
                         button.click(lambda a=aspect: aspect_size(a, side, sampler.unit), outputs=[height, width])
-                steps = gr.Slider(1, MAX_STEPS, value=50, step=1, label="Steps", elem_id="steps")
-                solver = gr.Dropdown(list(SOLVER_CHOICES), value="euler", label="Solver", elem_id="solver")
-                guidance = gr.Slider(0, 20, value=1.5, step=0.1, label="Guidance scale", elem_id="guidance")
-                rope = gr.Dropdown(rope_choices(), value=sampler.training_rope, label="Extrapolation", elem_id="rope")
-                seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, elem_id="seed")
+                steps = gr.Slider(1, limits.max_steps, value=start["steps"], step=1, label="Steps", elem_id="steps")
+                solver = gr.Dropdown(
+                    list(solver_choices(sampler)), value=start["solver"], label="Solver", elem_id="solver"
+                )
+                guidance = gr.Slider(
+                    0, 20, value=start["guidance"], step=0.1, label="Guidance scale", elem_id="guidance"
+                )
+                rope = gr.Dropdown(rope_choices(), value=start["rope"], label="Extrapolation", elem_id="rope")
+                seed = gr.Number(value=start["seed"], label="Seed", precision=0, minimum=0, elem_id="seed")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1):
                 image = gr.Image(
                     label="Sample", type="numpy", format="png", height=420, elem_id="result", interactive=False
                 )
                 command = gr.Textbox(label="Reproduce with", elem_id="command", lines=2)
-        go.click(run, inputs=[condition, height, width, steps, solver, guidance, rope, seed], outputs=[image, command])
+        go.click(
+            run,
+            inputs=[condition, height, width, steps, solver, guidance, rope, seed],
+            outputs=[image, command],
+            api_name="generate",
+            concurrency_limit=workers,
+        )
     return app
 
 
 def serve(opts) -> None:
-    """Load the checkpoint and serve the page until interrupted (``opts``: :class:`fitv2.options.ServeOptions`)."""
+    """Load the checkpoint and serve the page until interrupted (``opts``: :class:`fitv2.cli.options.ServeOptions`)."""
     from ..config import Runtime
     from ..sampling import Sampler
 
@@ -226,6 +275,7 @@ def serve(opts) -> None:
         runtime=Runtime(),
         text_encoder=opts.text_encoder,
     )
+    sampler.check_decoder()  # a page shows images: released latents need their VAE folder
     loading: list[str] = []
     for flag, value, default in (
         ("--preset", opts.preset, None),
@@ -236,6 +286,7 @@ def serve(opts) -> None:
     ):
         if value != default:
             loading += [flag, str(value)]
-    app = build_app(sampler, str(Path(opts.checkpoint)), tuple(loading))
+    limits = Limits.of(sampler, opts.max_tokens, opts.max_steps)
+    app = build_app(sampler, str(Path(opts.checkpoint)), tuple(loading), limits, opts.workers)
     print(f"serving {sampler.model.config.name} from {opts.checkpoint} at http://{opts.host}:{opts.port}")
     app.queue().launch(server_name=opts.host, server_port=opts.port, show_error=True, css=CSS, quiet=True)

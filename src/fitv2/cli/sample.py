@@ -25,7 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from ..model.rope import rope_scaling
     from ..sampling import Guidance, Sampler, SolverConfig, check_size, write_samples
 
-    sizes = opts.size_list
     env = setup(opts.device) if opts.npz else None
     sampler = Sampler.load(
         opts.checkpoint,
@@ -36,8 +35,11 @@ def run(args: argparse.Namespace) -> int:
         runtime=Runtime(attention=opts.attention, compile=opts.compile),
         text_encoder=opts.text_encoder,
     )
+    defaults = sampler.defaults  # what every unset option takes (the pipeline and the page take the same)
+    sizes = opts.size_list or [(defaults.height, defaults.width)]
     for height, width in sizes:  # fail before any work on a bad size
         check_size(height, width, sampler.unit)
+    sampler.check_decoder()
     prompts = opts.prompts()
     if sampler.text_conditional and prompts is None:
         raise ConfigError("this is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE")
@@ -52,33 +54,32 @@ def run(args: argparse.Namespace) -> int:
         condition = sampler.encode_prompts(prompts)
     count = len(condition)
     guidance = Guidance(
-        scale=opts.cfg_scale,
+        scale=defaults.guidance_scale if opts.cfg_scale is None else opts.cfg_scale,
         channels=opts.guidance_channels,
         schedule="power-cos" if opts.power_cos else "constant",
         power=opts.power_cos or 1.0,
         interval=opts.interval,
     )
-    ddpm = not sampler.model.config.continuous_time  # FiT v1 weights
-    solver_name = opts.solver or ("ddpm" if ddpm else "euler")
+    ddpm = defaults.solver == "ddpm"  # FiT v1 weights
+    solver_name = opts.solver or defaults.solver
     if ddpm != (solver_name == "ddpm"):
         kind = "FiT v1 (DDPM)" if ddpm else "rectified-flow"
         raise ConfigError(
             f"--solver {solver_name} does not fit this {kind} model; "
             + ("use --solver ddpm" if ddpm else "ddpm is for FiT v1 checkpoints")
         )
-    steps = opts.steps if opts.steps is not None else (250 if ddpm else 50)
     solver = SolverConfig(
         solver_name,
-        steps=steps,
+        steps=defaults.steps if opts.steps is None else opts.steps,
         atol=opts.atol,
         rtol=opts.rtol,
         diffusion_form=opts.diffusion_form,
         last_step=opts.last_step,
     )
-    rope_name = opts.rope if opts.rope is not None else sampler.training_rope
+    rope_name = opts.rope if opts.rope is not None else defaults.rope
     rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
     if env is not None:
-        return _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, rope_name)
+        return _sample_npz(opts, env, sampler, sizes[0], condition, labels, solver, guidance, rope, rope_name)
     sampler.check_memory(sizes, min(opts.batch_size, count), guidance, solver, num_images=count, force=opts.force)
     options = dict(seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress, force=opts.force)
     results = {}
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, rope_name: str) -> int:
+def _sample_npz(opts, env, sampler, size, condition, labels, solver, guidance, rope, rope_name: str) -> int:
     """``fitv2 sample --npz``: one size into an ADM-format file, split over the torchrun ranks."""
     from dataclasses import asdict
 
@@ -108,7 +109,9 @@ def _sample_npz(opts, env, sampler, condition, labels, solver, guidance, rope, r
     ignored = ("progress", "device", "attention", "out", "force", "npz", "batch_size", "mixed", "compile")
     record = {k: v for k, v in asdict(opts).items() if k not in ignored}
     record["checkpoint"] = str(Path(opts.checkpoint).resolve())
-    (height, width) = opts.size_list[0]
+    # what the unset options resolved to: a resume must sample with the same settings
+    record.update(solver=solver.solver, steps=solver.steps, cfg_scale=guidance.scale, rope=rope_name)
+    height, width = size
     try:
         path = sample_npz(
             sampler,

@@ -52,6 +52,39 @@ class PixelSpace:
         return {"name": self.name}
 
 
+# The latent space of the released FiT / FiTv2 ImageNet checkpoints and latents: SD-VAE ft-EMA
+# (stabilityai/sd-vae-ft-ema), 4 channels, ×8, latents scaled by 0.18215 (SPEC §4.7, §5.8).
+SD_VAE_FT_EMA: dict = {"name": "sd-vae", "scaling_factor": 0.18215, "shift_factor": 0.0, "downsample": 8}
+
+NO_DECODER = (
+    "this model's {channels}-channel latents need their autoencoder to become images, and none is at hand: "
+    "pass autoencoder=DIR to FiTv2Pipeline.from_pretrained (fitv2 sample --autoencoder DIR), a local "
+    "diffusers AutoencoderKL folder such as sd-vae-ft-ema; latents (output_type='latent') need none"
+)
+
+
+class LatentSpace:
+    """A latent space known by its channels, down-sampling and scaling, with no decoder at hand (released
+    weights without a VAE folder, a dataset of released latents): sampling to latents works; decoding is
+    an error that says how to name the autoencoder."""
+
+    name = "latent"
+
+    def __init__(self, channels: int, spec: dict):
+        self.channels = channels
+        self.downsample = int(spec.get("downsample") or SD_VAE_FT_EMA["downsample"])
+        self._spec = dict(spec)
+
+    def encode(self, images: Tensor) -> Tensor:
+        raise UserError(NO_DECODER.format(channels=self.channels))
+
+    def decode(self, latents: Tensor) -> Tensor:
+        raise UserError(NO_DECODER.format(channels=self.channels))
+
+    def spec(self) -> dict:
+        return dict(self._spec)
+
+
 def check_vae_folder(path: Path) -> dict:
     """The config of a diffusers AutoencoderKL folder; looked at before diffusers is imported so
     that a wrong path is reported as such, whether or not diffusers is installed."""

@@ -14,26 +14,14 @@ code the reference uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-
-# One generator for a batch, or one per sample (along dim 0); None: the global generator.
-Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-def gaussian(shape: Sequence[int], generator: Generators = None) -> Tensor:
-    """Standard normal float32 values on the CPU. With a sequence of generators, row i (along dim 0)
-    is drawn from generator i alone, so it is the same whatever the other rows are."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(tuple(shape), generator=generator)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for {shape[0]} samples")
-    return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in generator])
+from ..seeds import Generators, gaussian
 
 
 def linear_betas(num_steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> Tensor:

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from ..model.rope import RopeScaling
+from ..seeds import gaussian
 from ..text import TextFeatures
 from ..tokens import TokenBatch, TokenLayout, first_fit_rows, pack_sequences, pad_sequences
-from .ddpm import gaussian
 from .guidance import Guidance
 from .sample import _progress_bar, _run, check_request
 from .solvers import SolverConfig, StepCallback

@@ -12,9 +12,10 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..model.rope import RopeScaling
+from ..seeds import Generators, gaussian
 from ..text import TextFeatures
 from ..tokens import TokenBatch, image_layout
-from .ddpm import Diffusion, Generators, ddpm_sample, gaussian
+from .ddpm import Diffusion, ddpm_sample
 from .field import VelocityField
 from .guidance import Guidance
 from .solvers import NoiseDraw, SolverConfig, StepCallback, integrate

@@ -17,16 +17,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import seeds
 from ..checkpoint import CheckpointError, load_model
 from ..config import Runtime
-from ..data.autoencoder import Autoencoder, load_autoencoder, to_uint8
+from ..data.autoencoder import SD_VAE_FT_EMA, Autoencoder, LatentSpace, PixelSpace, load_autoencoder, to_uint8
 from ..errors import ConfigError, UserError
 from ..model.fit import FiT
 from ..model.rope import NAMED_SCALINGS, RopeScaling
 from ..names import rope_method
-from ..seeds import generator
+from ..seeds import Generators
 from ..text import TextFeatures, load_text_encoder, parse_text_encoder
 from ..tokens import unpatchify
+from .defaults import SamplingDefaults, sampling_defaults
 from .guidance import Guidance
 from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
 from .mixed import sample_mixed
@@ -55,7 +57,7 @@ def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
 
 def sample_generators(seed: int, height: int, width: int, indices) -> list[torch.Generator]:
     """One generator per sample, seeded from (seed, height, width, index) alone."""
-    return [generator(seed, height, width, int(i)) for i in indices]
+    return [seeds.generator(seed, height, width, int(i)) for i in indices]
 
 
 @dataclass
@@ -85,6 +87,16 @@ class Sampler:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def defaults(self) -> SamplingDefaults:
+        """The solver, steps, RoPE, guidance and size this checkpoint is sampled with when none are named."""
+        return sampling_defaults(self.model.config, self.training_rope, self.unit)
+
+    def check_decoder(self) -> None:
+        """A UserError, before any sampling, when images are asked for and no decoder is at hand."""
+        if isinstance(self.autoencoder, LatentSpace):
+            self.autoencoder.decode(torch.empty(0))
 
     @classmethod
     def load(
@@ -123,8 +135,14 @@ class Sampler:
         if runtime.compile:  # each block once per token count it samples (the first batch of a size pays)
             for block in model.blocks:
                 block.compile()
-        ae = load_autoencoder(autoencoder, device=device, recorded=meta.get("autoencoder"))
-        channels = model.config.in_channels
+        recorded, channels = meta.get("autoencoder"), model.config.in_channels
+        ae: Autoencoder
+        if autoencoder is None and channels != PixelSpace.channels and not (recorded or {}).get("path"):
+            # Latents with no VAE folder to decode them (released weights, or a dataset of released latents):
+            # the latent space is the recorded one, else the released checkpoints' (SD-VAE ft-EMA).
+            ae = LatentSpace(channels, recorded or SD_VAE_FT_EMA)
+        else:
+            ae = load_autoencoder(autoencoder, device=device, recorded=recorded)
         if ae.channels != channels:
             raise UserError(
                 f"the model works on {channels}-channel inputs but the {ae.name} autoencoder has "
@@ -222,6 +240,7 @@ class Sampler:
         progress: bool = True,
         force: bool = False,
         start: int = 0,
+        generator: Generators = None,
     ) -> np.ndarray:
         """uint8 images (N, H, W, 3), one per label (or per caption: :meth:`encode_prompts`).
 
@@ -233,11 +252,26 @@ class Sampler:
         rows, so a batch of 1 and one of 5 may differ in the last bit, which moves a rare pixel by one
         level. Adaptive solvers (dopri5, ...) choose their steps from the error of the whole batch, so
         there images agree across batch sizes only to the solver tolerance.
+        ``generator`` instead of ``seed``: one torch.Generator draws every batch's noise from one stream, batch
+        after batch (so images depend on the batch size and their order, as in diffusers), or a list of one
+        generator per image gives image i its own draws.
         Checks the memory first (unless ``force``); ``progress``: one bar over the solver steps of all
         batches."""
         return np.concatenate(
             self._generate(
-                height, width, labels, solver, guidance, rope, seed, batch_size, progress, force, start, decode=True
+                height,
+                width,
+                labels,
+                solver,
+                guidance,
+                rope,
+                seed,
+                batch_size,
+                progress,
+                force,
+                start,
+                generator,
+                decode=True,
             )
         )
 
@@ -263,6 +297,7 @@ class Sampler:
         pack: bool = False,
         indices: list[int] | None = None,
         decode: bool = True,
+        generator: Generators = None,
     ) -> list[Any]:
         """Image j at ``sizes[j]`` (pixels) with label (or caption) j, many sizes in one batch: a list of
         uint8 (H_j, W_j, 3) images, or of latents (C, h·p, w·p) when not ``decode``.
@@ -271,9 +306,15 @@ class Sampler:
         longest (``pack``) or padded to it (the default: faster in ``benchmarks/results/mixed_sizes.md``).
         Image j's noise comes from (seed, H_j, W_j, ``indices[j]``),
         the index defaulting to how many images of its size precede it, so each image equals the one
-        :meth:`generate` makes at its size (up to float rounding)."""
+        :meth:`generate` makes at its size (up to float rounding). ``generator``: one torch.Generator whose
+        stream every image draws from in turn (batches of the longest images first), or one per image.
+        """
         if len(sizes) != len(labels):
             raise ValueError(f"{len(sizes)} sizes for {len(labels)} conditions")
+        if isinstance(generator, list | tuple) and len(generator) != len(sizes):
+            raise ValueError(f"{len(generator)} generators for {len(sizes)} images")
+        if decode:
+            self.check_decoder()
         grids = [check_size(height, width, self.unit) for height, width in sizes]
         if indices is None:
             seen: dict[tuple[int, int], int] = {}
@@ -286,6 +327,12 @@ class Sampler:
         estimate = self.estimate_memory(*largest, batch_size, solver, guidance, len(sizes), masked=True)
         check_memory(estimate, self.device, force)
         order = sorted(range(len(sizes)), key=lambda j: -grids[j][0] * grids[j][1])
+
+        def image_generator(j: int) -> torch.Generator:
+            if generator is None:
+                return seeds.generator(seed, *sizes[j], indices[j])
+            return generator if isinstance(generator, torch.Generator) else generator[j]
+
         batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
         per_batch = solver.progress_steps
         bar = tqdm(
@@ -303,7 +350,7 @@ class Sampler:
                     self.model,
                     [grids[j] for j in chunk],
                     labels[torch.tensor(chunk)],
-                    [generator(seed, *sizes[j], indices[j]) for j in chunk],
+                    [image_generator(j) for j in chunk],
                     solver=solver,
                     guidance=guidance,
                     rope=rope,
@@ -329,10 +376,15 @@ class Sampler:
         progress: bool = True,
         force: bool = False,
         start: int = 0,
+        generator: Generators = None,
         *,
         decode: bool,
     ) -> list[Any]:
         h, w = check_size(height, width, self.unit)
+        if decode:
+            self.check_decoder()
+        if isinstance(generator, list | tuple) and len(generator) != len(labels):
+            raise ValueError(f"{len(generator)} generators for {len(labels)} images")
         batch_size = max(1, min(batch_size, len(labels)))
         check_memory(self.estimate_memory(height, width, batch_size, solver, guidance, len(labels)), self.device, force)
         p = self.model.config.patch_size
@@ -350,7 +402,13 @@ class Sampler:
                 chunk = labels[offset : offset + batch_size]
                 bar.set_postfix_str(f"batch {n}/{len(batches)}")
                 first = start + offset
-                generators = sample_generators(seed, height, width, range(first, first + len(chunk)))
+                generators: Generators
+                if generator is None:  # image i's own stream, keyed by (seed, size, i)
+                    generators = sample_generators(seed, height, width, range(first, first + len(chunk)))
+                elif isinstance(generator, torch.Generator):  # one stream, drawn batch after batch
+                    generators = generator
+                else:
+                    generators = list(generator[offset : offset + len(chunk)])
                 tokens = sample_tokens(
                     self.model,
                     h,

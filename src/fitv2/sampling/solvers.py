@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..names import LAST_STEPS, SDE_DIFFUSIONS
-from .ddpm import Generators, gaussian
+from ..seeds import Generators, gaussian
 
 FIXED_SOLVERS = ("euler", "heun")
 
