@@ -142,6 +142,10 @@ CASES = [
     ("evaluate {images} --reference {images} --batch-size 0", "--batch-size must be at least 1"),
     ("evaluate {images} --reference {images} --reference-budget 0", "--reference-budget must be at least 1"),
     ("evaluate {images} --reference {images} --features clip", "invalid choice: 'clip'"),
+    ("evaluate {file} --reference {images}", "expected an image folder, an .npz/.npy sample batch or a .jsonl"),
+    ("evaluate {images} --reference {file}", "expected an image folder, an .npz/.npy sample batch or a .jsonl"),
+    ("evaluate {images} --reference {images} --classifier {empty}", "is not a classifier folder"),
+    ("evaluate {images} --reference {images} --classifier {plain}", "is not a classifier folder"),
     # train-classifier
     ("train-classifier {images} --out {out} --epochs 0", "--epochs must be at least 1"),
     ("train-classifier {images} --out {out} --budget 8", "--budget must be at least 16"),
@@ -151,6 +155,9 @@ CASES = [
     # serve
     ("serve {ckpt} --port 0", "--port must be at least 1"),
     ("serve {ckpt} --port 65536", "--port must be at most 65535"),
+    ("serve {ckpt} --max-tokens 0", "--max-tokens must be at least 1"),
+    ("serve {ckpt} --max-steps 0", "--max-steps must be at least 1"),
+    ("serve {ckpt} --workers 0", "--workers must be at least 1"),
     ("serve {missing}", "not found"),
     ("serve {junk}", "bare weights file"),
     # sample --npz, train --log-to

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ..checkpoint import load_weights, read_state_dict, save_json, save_tensors
 from ..data.images import load_rgb, resize_to_budget
 from ..data.sources import list_folder, list_jsonl
+from ..errors import MissingFileError, UserError
 from ..schema import refuse_unknown
 
 WEIGHTS_FILE = "classifier.safetensors"
@@ -116,6 +117,9 @@ def fit_side(height: int, width: int, side: int) -> tuple[int, int]:
 class Classifier(nn.Module):
     """conv3x3-norm-ReLU stem, four stride-2 stages of two such convs, global average pool, linear head."""
 
+    class_names: list[str] | None = None  # set by load_classifier from its folder
+    meta: dict[str, Any] | None = None
+
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
@@ -178,13 +182,16 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
     directory = Path(directory)
     meta_path, weights = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{directory} is not a classifier folder (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
             "train one with `fitv2 train-classifier DATA --out DIR`"
         )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_path} is not a {FORMAT} file")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{meta_path} is not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{meta_path} is not a {FORMAT} file")
     model = Classifier(ClassifierConfig.from_dict(meta["config"]))
     load_weights(model, read_state_dict(weights), source=f"classifier weights {weights}")
     model.class_names = meta.get("class_names")

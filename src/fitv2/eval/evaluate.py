@@ -167,7 +167,7 @@ def _load(path: Path) -> Image.Image:
     try:
         return load_rgb(path)
     except SkipImage as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
+        raise UserError(f"cannot read image {path}: {err}") from err
 
 
 class FolderSource(ImageSource):
@@ -187,7 +187,7 @@ class FolderSource(ImageSource):
             and not f.name.startswith(".")
         )
         if not self.files:
-            raise ValueError(f"{path} holds no PNG/JPG images")
+            raise UserError(f"{path} holds no PNG/JPG images")
         found = [_LABEL_SUFFIX.search(f.stem) for f in self.files]
         labels = [int(m.group(1)) for m in found if m is not None]
         self.count, self.labels = len(self.files), labels if len(labels) == len(found) else None
@@ -215,7 +215,7 @@ def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read(f)
     if fortran:
-        raise ValueError("Fortran-ordered arrays are not supported")
+        raise UserError("Fortran-ordered arrays are not supported")
     return shape, dtype
 
 
@@ -249,7 +249,7 @@ class NpzSource(ImageSource):
                     if self.stored_stats is not None:  # statistics only
                         self.count = 0
                         return
-                    raise ValueError(f"{path} has no arr_0 (expected an ADM-style sample batch) and no mu/sigma")
+                    raise UserError(f"{path} has no arr_0 (expected an ADM-style sample batch) and no mu/sigma")
                 with zf.open("arr_0.npy") as f:
                     shape, dtype = _npy_header(f)
                 if "arr_1.npy" in zf.namelist():
@@ -259,11 +259,11 @@ class NpzSource(ImageSource):
                     with np.load(path) as data:
                         self.prompts = [str(p) for p in data["prompts"].reshape(-1)]
         if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
-            raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
+            raise UserError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {dtype} {shape}")
         if self.labels is not None and len(self.labels) != shape[0]:
-            raise ValueError(f"{path}: {shape[0]} images but {len(self.labels)} labels in arr_1")
+            raise UserError(f"{path}: {shape[0]} images but {len(self.labels)} labels in arr_1")
         if self.prompts is not None and len(self.prompts) != shape[0]:
-            raise ValueError(f"{path}: {shape[0]} images but {len(self.prompts)} prompts")
+            raise UserError(f"{path}: {shape[0]} images but {len(self.prompts)} prompts")
         self.shape, self.count = shape, shape[0]
 
     def identity(self) -> dict[str, Any]:
@@ -328,16 +328,16 @@ def open_source(path: str | os.PathLike, split: str | None = None, budget: int |
     """A folder, ``.npz``/``.npy`` or ``.jsonl``; ``split`` only applies to a JSONL."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such image folder, .npz or .jsonl: {path}")
+        raise MissingFileError(f"no such image folder, .npz or .jsonl: {path}")
     if path.suffix == ".jsonl":
         return JsonlSource(path, split, budget)
     if split is not None:
-        raise ValueError(f"--split applies to a JSONL reference, not {path}")
+        raise UserError(f"--split applies to a JSONL reference, not {path}")
     if path.is_dir():
         return FolderSource(path, budget)
     if path.suffix in (".npz", ".npy"):
         return NpzSource(path, budget)
-    raise ValueError(f"{path}: expected an image folder, an .npz/.npy sample batch or a .jsonl list")
+    raise UserError(f"{path}: expected an image folder, an .npz/.npy sample batch or a .jsonl list")
 
 
 def shape_batches(
@@ -399,7 +399,7 @@ def extract(
             shapes[key] = shapes.get(key, 0) + len(images)
             bar.update(len(images))
     if pool.n < 2:
-        raise ValueError(f"{source.path}: need at least 2 images, found {pool.n}")
+        raise UserError(f"{source.path}: need at least 2 images, found {pool.n}")
     known = all(y is not None for y in labels)
     return Features(
         pool,
