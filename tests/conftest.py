@@ -48,6 +48,25 @@ def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**base, **overrides})
 
 
+def tiny_run(data, out, **overrides):
+    """The TrainConfig of a quick run of FiTv2-Micro/4 on ``data`` into ``out`` (no label dropout, no
+    progress bar), with ``overrides``."""
+    from fitv2.training import TrainConfig
+
+    base = dict(
+        data=str(data),
+        out=str(out),
+        preset="FiTv2-Micro/4",
+        batch_size=8,
+        lr=3e-3,
+        log_every=5,
+        ckpt_every=1000,
+        progress=False,
+        model=dict(class_dropout_prob=0.0),
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
 def randomize(model: torch.nn.Module, std: float = 0.05) -> torch.nn.Module:
     """Replace the zero init so outputs are non-trivial."""
     with torch.no_grad():

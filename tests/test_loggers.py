@@ -4,6 +4,7 @@ import sys
 import types
 
 import pytest
+from conftest import tiny_run
 
 from fitv2.cli import main
 from fitv2.errors import ConfigError, UserError
@@ -35,19 +36,8 @@ def fake_wandb(monkeypatch):
 
 
 def _cfg(data, out, **kw):
-    base = dict(
-        data=str(data),
-        out=str(out),
-        preset="FiTv2-Micro/4",
-        batch_size=4,
-        steps=4,
-        log_every=2,
-        ckpt_every=2,
-        progress=False,
-        log_to="wandb",
-        wandb_project="fitv2-tests",
-    )
-    return TrainConfig(**{**base, **kw})
+    logging = dict(batch_size=4, steps=4, log_every=2, ckpt_every=2, log_to="wandb", wandb_project="fitv2-tests")
+    return tiny_run(data, out, **{**logging, **kw})
 
 
 def test_wandb_gets_the_metrics_and_a_resume_continues_its_run(token_dataset, tmp_path, fake_wandb, monkeypatch):

@@ -9,6 +9,7 @@ import stat
 
 import pytest
 import torch
+from conftest import tiny_run
 
 import fitv2.checkpoint
 import fitv2.run_folder
@@ -38,19 +39,7 @@ def data(token_dataset):
 
 
 def _config(data, out, **kw):
-    base = dict(
-        data=str(data),
-        out=str(out),
-        preset="FiTv2-Micro/4",
-        batch_size=8,
-        lr=3e-3,
-        steps=20,
-        log_every=5,
-        ckpt_every=10,
-        progress=False,
-        model=dict(class_dropout_prob=0.0),
-    )
-    return TrainConfig(**{**base, **kw})
+    return tiny_run(data, out, **{"steps": 20, "ckpt_every": 10, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from fitv2.checkpoint import read_state_dict
 from fitv2.training import TrainConfig, train
@@ -16,18 +17,7 @@ def eight_images(token_dataset):
 
 
 def _config(data, out, **kw):
-    base = dict(
-        data=str(data),
-        out=str(out),
-        preset="FiTv2-Micro/4",
-        batch_size=8,
-        lr=3e-3,
-        log_every=5,
-        ckpt_every=1000,
-        progress=False,
-        model=dict(class_dropout_prob=0.0),
-    )
-    return TrainConfig(**{**base, **kw})
+    return tiny_run(data, out, **kw)
 
 
 @pytest.mark.slow

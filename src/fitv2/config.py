@@ -8,11 +8,7 @@ ablation rows of the paper are expressed as model overrides plus training settin
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import json
-import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,9 +146,6 @@ class ModelConfig:
         check_known_fields(data)
         return cls(**data)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -199,25 +192,6 @@ def check_known_fields(values: dict[str, Any]) -> None:
     refuse_unknown(ModelConfig, values, "model config field(s)", list_known=True)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each dataclass field (for --help texts)."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    node = tree.body[0]
-    if not isinstance(node, ast.ClassDef):
-        raise TypeError(f"field_docs needs a class, got {cls!r}")
-    body = node.body
-    docs = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if (
-            isinstance(stmt, ast.AnnAssign)
-            and isinstance(stmt.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-        ):
-            docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
 _V1 = dict(adaln="full", mlp="swiglu-large", qk_norm=None, learn_sigma=True, continuous_time=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -252,10 +226,6 @@ ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def preset_names() -> list[str]:
-    return list(PRESETS)
-
-
 def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The config of a named preset, with field overrides applied."""
     if name not in PRESETS:
@@ -273,4 +243,4 @@ def ablation_config(row: str, base: str = "FiTv2-B/2", **overrides: Any) -> tupl
     return cfg, dict(spec["train"])
 
 
-__all__ = ["ABLATIONS", "PRESETS", "ModelConfig", "Runtime", "ablation_config", "model_config", "preset_names"]
+__all__ = ["ABLATIONS", "PRESETS", "ModelConfig", "Runtime", "ablation_config", "model_config"]

@@ -134,10 +134,6 @@ class ImageSource:
     def __len__(self) -> int:
         return self.count
 
-    @property
-    def has_labels(self) -> bool:
-        return self.labels is not None
-
     def identity(self) -> dict[str, Any]:
         """What decides the images: the files (path, size, mtime) and the resize budget."""
         raise NotImplementedError
