@@ -28,7 +28,7 @@ ATTN_SCALES = ("none", "side", "area", "paper")
 SDE_DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("Mean", "Euler", "Tweedie", "None")
 # Solvers of the sampler itself; any other torchdiffeq method name is also accepted.
-SOLVERS = ("euler", "heun", "dopri5", "sde", "ddpm")
+SOLVERS = ("euler", "heun", "dpm++2m", "unipc", "dopri5", "sde", "ddpm")
 TORCHDIFFEQ_METHODS = (
     "dopri8",
     "dopri5",
