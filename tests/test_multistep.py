@@ -209,9 +209,9 @@ def test_orders_on_a_small_fitv2_velocity_field():
     assert all(0.9 < p < 1.1 for p in orders(err["euler"]))
     assert all(1.9 < p < 2.1 for p in orders(err["heun"]))
     assert all(1.5 < p < 2.8 for p in orders(err["dpm++2m"]))  # measured 2.69, 2.41, 1.87, 1.66
-    assert all(1.6 < p < 2.3 for p in orders(err["unipc"])[2:])  # measured 1.00, 1.29, 1.72, 1.87
-    # Per model call, the multistep solvers beat Heun at 8 calls and Euler everywhere.
-    assert err["dpm++2m"][0] < err["euler"][0] and err["unipc"][0] < err["heun"][0] * 10
+    assert all(1.6 < p < 2.3 for p in orders(err["unipc"])[2:])  # measured 1.03, 1.29, 1.72, 1.87
+    # For the same 8 model calls, 4 and 27 times more accurate than Euler (measured).
+    assert err["dpm++2m"][0] < err["euler"][0] / 3 and err["unipc"][0] < err["euler"][0] / 10
 
 
 # --- the time shift ----------------------------------------------------------------------------------------
