@@ -51,7 +51,7 @@ GUIDANCE_SCHEDULES = ("constant", "power-cos")
 SDE_DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("Mean", "Euler", "Tweedie", "None")
 # Solvers of the sampler itself; any other torchdiffeq method name is also accepted.
-SOLVERS = ("euler", "heun", "dopri5", "sde", "ddpm")
+SOLVERS = ("euler", "heun", "dpm++2m", "unipc", "dopri5", "sde", "ddpm")
 TORCHDIFFEQ_METHODS = (
     "dopri8",
     "dopri5",

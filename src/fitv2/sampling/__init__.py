@@ -5,6 +5,10 @@ Integration runs from t = 0 (Gaussian noise) to t = 1 (data) in float32.
   solvers.py   ``euler`` and ``heun`` (fixed steps on a uniform grid), any torchdiffeq method such as
                ``dopri5`` (adaptive; the paper's choice), and ``sde`` (Euler–Maruyama with the
                reference's diffusion forms and last step)
+  multistep.py ``dpm++2m`` (DPM-Solver++(2M)) and ``unipc`` (UniPC, bh2): one model call per step, as
+               diffusers' multistep schedulers run them with flow sigmas
+  schedule.py  time grids and SD3's resolution-aware time shift (``time_grid``, ``shift_times``,
+               ``auto_shift``)
   ddpm.py      FiT v1 models, trained as discrete DDPM models: ancestral steps on a respaced schedule
   guidance.py  classifier-free guidance (all channels or the reference's three), schedules, intervals
   field.py     the velocity field of a model for fixed conditions, layout, guidance and RoPE

@@ -12,17 +12,26 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..names import LAST_STEPS, SDE_DIFFUSIONS
 from ..seeds import Generators, gaussian
+from .multistep import MULTISTEP, MULTISTEP_SOLVERS
+from .schedule import time_grid
 
 FIXED_SOLVERS = ("euler", "heun")
 
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """How to integrate. ``steps`` = solver steps on a uniform grid (Euler: one model call
-    each, Heun: two; SDE: steps − 1 Euler–Maruyama steps plus the last step; DDPM: respaced
-    timesteps, 250 for FiT v1's published numbers); adaptive torchdiffeq methods ignore it and
-    use atol/rtol. ``sample_eps``: where the SDE grid starts for the SBDM diffusion form, whose
-    w(t) = (1 − t)/t is infinite at t = 0 (the reference starts there too when sample_eps > 0)."""
+    """How to integrate. ``steps`` = solver steps on a uniform grid (Euler, DPM-Solver++(2M) ``dpm++2m``
+    and UniPC ``unipc``: one model call each, Heun: two; SDE: steps − 1 Euler–Maruyama steps plus the
+    last step; DDPM: respaced timesteps, 250 for FiT v1's published numbers); adaptive torchdiffeq
+    methods ignore it and use atol/rtol. ``sample_eps``: where the SDE grid starts for the SBDM
+    diffusion form, whose w(t) = (1 − t)/t is infinite at t = 0 (the reference starts there too when
+    sample_eps > 0).
+
+    ``time_shift`` s: the ODE grid is SD3's shift of the uniform one, t' = t / (t + s·(1 − t))
+    (:func:`.schedule.shift_times`; s > 1 spends more steps near the noise). 1 leaves it uniform, bit for
+    bit. It moves the steps of the fixed-step solvers; an adaptive method only reports at those points,
+    so it does not change its result. A per-image shift (``auto``, :func:`.schedule.auto_shift`) is a
+    grid per image, passed to :func:`integrate` as ``ts``."""
 
     solver: str = "euler"
     steps: int = 50
@@ -33,10 +42,15 @@ class SolverConfig:
     last_step: str = "Mean"
     last_step_size: float = 0.04
     sample_eps: float = 1e-3
+    time_shift: float = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if not 0 < self.time_shift < math.inf:
+            raise ConfigError(f"the time shift must be a positive number, got {self.time_shift}")
+        if self.time_shift != 1 and self.solver in ("sde", "ddpm"):
+            raise ConfigError(f"a time shift moves the ODE solvers' grid; the {self.solver} sampler has its own")
         if self.solver == "sde":
             if self.diffusion_form not in SDE_DIFFUSIONS:
                 raise ConfigError(f"diffusion form must be one of {SDE_DIFFUSIONS}, got {self.diffusion_form!r}")
@@ -59,7 +73,7 @@ class SolverConfig:
     def progress_steps(self) -> int | None:
         """How many times a run calls ``on_step``: once per solver step; None for adaptive solvers,
         which call it once per model evaluation."""
-        return self.steps if self.solver in (*FIXED_SOLVERS, "sde", "ddpm") else None
+        return self.steps if self.solver in (*FIXED_SOLVERS, *MULTISTEP_SOLVERS, "sde", "ddpm") else None
 
 
 StepCallback = Callable[[], None] | None
@@ -168,15 +182,38 @@ def euler_maruyama(
 
 
 def integrate(
-    f, x: Tensor, cfg: SolverConfig, generator: Generators = None, on_step: StepCallback = None, draw: NoiseDraw = None
+    f,
+    x: Tensor,
+    cfg: SolverConfig,
+    generator: Generators = None,
+    on_step: StepCallback = None,
+    draw: NoiseDraw = None,
+    ts: Tensor | None = None,
 ) -> Tensor:
     """Integrate dx/dt = f(t, x) from t = 0 to 1 (or run the SDE) with the configured solver;
-    ``on_step()`` after each step (see :attr:`SolverConfig.progress_steps`); ``draw``: the SDE's step noise."""
+    ``on_step()`` after each step (see :attr:`SolverConfig.progress_steps`); ``draw``: the SDE's step noise.
+
+    ``ts``: the time points instead of ``time_grid(cfg.steps, cfg.time_shift)``, cfg.steps + 1 of them
+    from 0 to 1, of shape (steps + 1,) or (steps + 1, *shape) with ``ts[i]`` broadcasting against x, e.g.
+    (steps + 1, B, 1, 1) for one grid per image (:func:`.schedule.time_grid` with a tensor shift). ``f``
+    then receives such a ``ts[i]``. Per-image grids suit the fixed-step solvers (euler, heun, dpm++2m,
+    unipc); torchdiffeq takes one grid, the SDE its own."""
     if cfg.solver == "sde":
+        if ts is not None:
+            raise ValueError("the SDE sampler runs on its own grid (sde_grid); it takes no ts")
         return euler_maruyama(f, x, cfg, generator, on_step, draw)
-    ts = torch.linspace(0.0, 1.0, cfg.steps + 1)
+    if ts is None:
+        ts = time_grid(cfg.steps, cfg.time_shift)
+    elif ts.dim() < 1 or ts.shape[0] != cfg.steps + 1:
+        raise ValueError(f"ts must hold steps + 1 = {cfg.steps + 1} time points, got shape {tuple(ts.shape)}")
+    elif ts.dim() > 1:
+        ts = ts.to(x.device)
     if cfg.solver == "euler":
         return euler(f, x, ts, on_step)
     if cfg.solver == "heun":
         return heun(f, x, ts, on_step)
+    if cfg.solver in MULTISTEP:
+        return MULTISTEP[cfg.solver](f, x, ts, on_step)
+    if ts.dim() != 1:
+        raise ValueError(f"torchdiffeq's {cfg.solver} takes one time grid, ts of shape (steps + 1,)")
     return odeint_torchdiffeq(f, x, ts.to(x.device), cfg.solver, cfg.atol, cfg.rtol, on_step)
