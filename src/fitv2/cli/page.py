@@ -19,7 +19,8 @@ from ..errors import ConfigError, UserError
 from ..names import ROPE_METHODS
 
 ASPECTS = {"1:1": (1, 1), "1:2": (1, 2), "2:1": (2, 1), "1:3": (1, 3), "3:1": (3, 1)}  # height : width
-FLOW_SOLVERS = ("euler", "heun", "sde", "dopri5")  # rectified-flow models; FiT v1 (DDPM) models take ddpm
+# The solvers offered for rectified-flow models; FiT v1 (DDPM) models take ddpm.
+FLOW_SOLVERS = ("euler", "heun", "dpm++2m", "unipc", "sde", "dopri5")
 INSTALL = "pip install 'fitv2[web]'"
 
 

@@ -48,7 +48,8 @@ def check_request(model, labels: Tensor | TextFeatures, solver: SolverConfig) ->
         )
     if not discrete and solver.solver == "ddpm":
         raise ConfigError(
-            "solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, dopri5 or sde"
+            "solver 'ddpm' is for FiT v1 (DDPM) models; this rectified-flow model takes euler, heun, dpm++2m, "
+            "unipc, dopri5 (or another torchdiffeq method) or sde"
         )
     text_len = model.config.text_len
     if isinstance(labels, TextFeatures) != (text_len > 0):
