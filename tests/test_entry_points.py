@@ -53,7 +53,13 @@ def _three_ways(checkpoint, tmp_path, label: int = 1):
 def test_flow_checkpoint_samples_the_same_three_ways(v2_checkpoint, tmp_path):
     cli, pipe, page, sampler = _three_ways(v2_checkpoint, tmp_path)
     d = sampler.defaults
-    assert (d.solver, d.steps, d.guidance_scale, d.rope) == (FLOW_SOLVER, FLOW_STEPS, GUIDANCE_SCALE, "none")
+    assert (d.solver, d.steps, d.guidance_scale, d.rope, d.time_shift) == (
+        FLOW_SOLVER,
+        FLOW_STEPS,
+        GUIDANCE_SCALE,
+        "auto",
+        "auto",
+    )
     assert cli.shape == (d.height, d.width, 3) == (32, 32, 3)  # the training size
     assert np.array_equal(cli, pipe) and np.array_equal(cli, page)
     assert cli.std() > 0

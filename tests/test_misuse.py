@@ -136,6 +136,11 @@ CASES = [
     ("sample {junk} --preset FiTv2-Micro/4", "junk.safetensors"),
     ("sample {file}", "preset"),
     # evaluate
+    ("sample {ckpt} --time-shift 0", "--time-shift must be none, auto or a positive number"),
+    ("sample {ckpt} --time-shift fast", "--time-shift must be none, auto or a positive number"),
+    ("sample {ckpt} --cache taylor", "invalid choice: 'taylor'"),
+    ("sample {ckpt} --cache first-block --cache-threshold -1", "--cache-threshold must be at least 0"),
+    ("sample {ckpt} --solver sde --time-shift 2", "a time shift moves the ODE solvers' grid"),
     ("evaluate {missing} --reference {images}", "generated images not found"),
     ("evaluate {images} --reference {missing}", "reference not found"),
     ("evaluate {images}", "--reference is required"),

@@ -167,14 +167,14 @@ def test_a_small_request_is_not_stuck_behind_a_large_one(ckpt):
     try:
         _wait_for_port(port, proc)
         client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False)
-        #        class, height, width, steps, solver, guidance, rope, seed
-        large = client.submit(1, 64, 64, 4000, "euler", 3.0, "none", 0, api_name="/generate")
+        #        class, height, width, steps, solver, guidance, rope, seed, time shift, cache
+        large = client.submit(1, 64, 64, 4000, "euler", 3.0, "none", 0, "none", "none", api_name="/generate")
         deadline = time.monotonic() + 60
         while large.status().code.name != "PROCESSING" and time.monotonic() < deadline:
             time.sleep(0.05)
         start = time.monotonic()
-        small = client.submit(1, 8, 8, 1, "euler", 3.0, "none", 0, api_name="/generate")
-        image, command = small.result(timeout=120)
+        small = client.submit(1, 8, 8, 1, "euler", 3.0, "none", 0, "none", "none", api_name="/generate")
+        image, command, _ = small.result(timeout=120)
         waited = time.monotonic() - start
         assert "--sizes 8x8" in command and Path(image).is_file()
         assert not large.done(), f"the large request finished first; the small one waited {waited:.1f} s"

@@ -36,7 +36,8 @@ ROPE_ALIASES: dict[str, str] = {
     "ntk-aware-pro2": "ntk+attn-scale",
     "ntkpro2": "ntk+attn-scale",
 }
-ROPE_NAMES = (*ROPE_METHODS, *ROPE_ALIASES)  # what --rope accepts
+# What --rope accepts: 'auto' (the model decides: fitv2.model.rope.auto_rope), the methods, the aliases.
+ROPE_NAMES = ("auto", *ROPE_METHODS, *ROPE_ALIASES)
 # The frequency rules a RoPE method is built from, and the attention (logit) scales.
 FREQUENCY_RULES = ("none", "pi", "ntk", "ntk-by-parts", "yarn")
 ATTN_SCALES = ("none", "side", "area", "paper")
@@ -50,6 +51,8 @@ GUIDANCE_SCHEDULES = ("constant", "power-cos")
 # The SDE sampler's diffusion forms w(t) and last steps (the reference's --diffusion-form, --last-step).
 SDE_DIFFUSIONS = ("constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing")
 LAST_STEPS = ("Mean", "Euler", "Tweedie", "None")
+# Feature caches of the sampler (fitv2.sampling.cache).
+CACHE_METHODS = ("none", "first-block")
 # Solvers of the sampler itself; any other torchdiffeq method name is also accepted.
 SOLVERS = ("euler", "heun", "dpm++2m", "unipc", "dopri5", "sde", "ddpm")
 TORCHDIFFEQ_METHODS = (

@@ -21,8 +21,8 @@ from PIL import Image
 
 from .checkpoint import save_json, save_tensors
 from .config import Runtime
-from .model.rope import rope_scaling
-from .sampling import Guidance, Sampler, SolverConfig
+from .sampling import Sampler
+from .sampling.defaults import CACHE_THRESHOLD
 from .text import describe
 
 FORMAT = "fitv2-pipeline"
@@ -108,6 +108,9 @@ class FiTv2Pipeline:
         guidance_scale: float | None = None,
         solver: str | None = None,
         rope: str | None = None,
+        time_shift: float | str | None = None,
+        cache: str = "none",
+        cache_threshold: float = CACHE_THRESHOLD,
         seed: int = 0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
@@ -124,7 +127,11 @@ class FiTv2Pipeline:
 
         Unset settings take the checkpoint's defaults (:attr:`Sampler.defaults`, shared with ``fitv2 sample``
         and the page): the training size, ``solver`` euler with 50 steps (a FiT v1 model: ddpm, 250 steps),
-        ``guidance_scale`` 4.0, ``rope`` the extrapolation the weights were trained with.
+        ``guidance_scale`` 4.0, ``rope`` and ``time_shift`` ``"auto"``: within the training tokens no
+        extrapolation and no shift; beyond them VisionNTK + attention scale (FiTv2 weights trained with plain
+        RoPE; others keep their own method) and SD3's shift max(1, sqrt(tokens / training tokens)), per
+        image. :meth:`auto_choices` says what they pick for a size. ``cache="first-block"``: skip the blocks
+        after the first at steps where its residual changed by less than ``cache_threshold`` (relative).
 
         Noise: by default image i's noise comes from its own generator seeded by (``seed``, its size, i), so
         it is the same image whatever the batch. ``generator`` follows diffusers: one ``torch.Generator``
@@ -144,12 +151,20 @@ class FiTv2Pipeline:
             condition = self.sampler.encode_prompts(list(prompts))
         else:
             condition = self.sampler.labels(labels=[int(y) for y in torch.as_tensor(labels).reshape(-1)])
-        steps = defaults.steps if num_inference_steps is None else num_inference_steps
-        scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        settings = self.sampler.settings(
+            solver=solver,
+            steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            rope=rope,
+            time_shift=time_shift,
+            cache=cache,
+            cache_threshold=cache_threshold,
+        )
         options: dict[str, Any] = dict(
-            solver=SolverConfig(solver or defaults.solver, steps=steps),
-            guidance=Guidance(scale=scale),
-            rope=rope_scaling(rope or defaults.rope),
+            solver=settings.solver,
+            guidance=settings.guidance,
+            rope=settings.rope,
+            cache=settings.cache,
             seed=seed,
             batch_size=batch_size,
             progress=progress,
@@ -165,6 +180,10 @@ class FiTv2Pipeline:
             return self.sampler.generate_latents(height, width, condition, **options)
         images = self.sampler.generate(height, width, condition, **options)
         return images if output_type == "np" else [Image.fromarray(im) for im in images]
+
+    def auto_choices(self, height: int, width: int) -> dict[str, str]:
+        """What ``rope="auto"`` and ``time_shift="auto"`` pick for an image of height × width pixels."""
+        return self.sampler.auto_choices(height, width)
 
 
 CITATION = """@article{wang2024fitv2,

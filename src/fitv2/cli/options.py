@@ -9,6 +9,7 @@ commands before any data is opened or any model built. No torch import at module
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..errors import ConfigError, MissingFileError, UserError
 from ..names import (
     ATTENTION_NAMES,
     ATTN_SCALES,
+    CACHE_METHODS,
     GUIDED_CHANNELS,
     LAST_STEPS,
     ROPE_NAMES,
@@ -153,7 +155,25 @@ class SampleOptions(Options):
     diffusion_form: str = opt("sigma", choices=SDE_DIFFUSIONS, help="SDE diffusion form")
     last_step: str = opt("Mean", choices=LAST_STEPS, help="SDE last step")
     rope: str | None = opt(
-        None, choices=ROPE_NAMES, help="RoPE extrapolation (not set: the checkpoint's training RoPE, else none)"
+        None,
+        choices=ROPE_NAMES,
+        help="RoPE extrapolation (not set: auto = none within the training tokens, beyond them "
+        "vision-ntk+attn-scale for FiTv2 weights, else the method the weights were trained with)",
+    )
+    time_shift: str | None = opt(
+        None,
+        metavar="none|auto|S",
+        help="SD3's time shift of the ODE grid toward the noise, s > 0 (not set: auto = each image's "
+        "max(1, sqrt(tokens / training tokens)); the fixed-step solvers only)",
+    )
+    cache: str = opt(
+        "none",
+        choices=CACHE_METHODS,
+        help="feature cache: first-block skips the other blocks at steps where the first block's residual "
+        "barely changed",
+    )
+    cache_threshold: float = opt(
+        0.08, ge=0, help="first-block: largest relative change of the first block's residual to skip at (0: never)"
     )
     attn_scale: str | None = opt(None, choices=ATTN_SCALES, help="override the attention scale")
     seed: int = opt(0, ge=0, help="seed of the noise and the random labels")
@@ -199,6 +219,7 @@ class SampleOptions(Options):
                 f"--guidance-interval must be LO,HI with 0 <= LO < HI <= 1; got {self.guidance_interval!r}"
             )
         self.size_list  # noqa: B018  (parses --sizes)
+        self.shift  # noqa: B018  (parses --time-shift)
         self.label_list  # noqa: B018
         if self.text_encoder is not None:
             check_text_encoder(self.text_encoder)
@@ -227,6 +248,21 @@ class SampleOptions(Options):
         if not sizes:
             raise ConfigError("--sizes is empty")
         return sizes
+
+    @property
+    def shift(self) -> float | str | None:
+        """--time-shift: 'auto', a positive number (none = 1), or None when not set."""
+        if self.time_shift is None or self.time_shift == "auto":
+            return self.time_shift
+        if self.time_shift == "none":
+            return 1.0
+        try:
+            value = float(self.time_shift)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < math.inf:
+            raise ConfigError(f"--time-shift must be none, auto or a positive number; got {self.time_shift!r}")
+        return value
 
     @property
     def label_list(self) -> list[int] | None:

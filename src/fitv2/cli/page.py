@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, UserError
-from ..names import ROPE_METHODS
+from ..names import CACHE_METHODS, ROPE_METHODS
 
 ASPECTS = {"1:1": (1, 1), "1:2": (1, 2), "2:1": (2, 1), "1:3": (1, 3), "3:1": (3, 1)}  # height : width
 # The solvers offered for rectified-flow models; FiT v1 (DDPM) models take ddpm.
@@ -47,7 +47,7 @@ def page_defaults(sampler) -> dict[str, Any]:
     take them), class 0 and seed 0."""
     d = sampler.defaults
     values = dict(height=d.height, width=d.width, steps=d.steps, solver=d.solver, guidance=d.guidance_scale)
-    return {**values, "rope": d.rope, "seed": 0, "label": 0, "prompt": ""}
+    return {**values, "rope": d.rope, "time_shift": d.time_shift, "cache": "none", "seed": 0, "label": 0, "prompt": ""}
 
 
 def check_gradio() -> None:
@@ -78,6 +78,8 @@ class Request:
     seed: int
     label: int | None = None
     prompt: str | None = None
+    time_shift: str = "auto"  # 'auto', 'none' or a positive number
+    cache: str = "none"
 
     def command(self, checkpoint: str, out: str = "runs/serve", loading: tuple[str, ...] = ()) -> str:
         """The ``fitv2 sample`` command that writes the same image (``loading``: how the checkpoint was
@@ -98,6 +100,9 @@ class Request:
             f"{self.guidance:g}",
             "--rope",
             self.rope,
+            "--time-shift",
+            self.time_shift,
+            *(["--cache", self.cache] if self.cache != "none" else []),
             "--seed",
             str(self.seed),
             "--out",
@@ -108,8 +113,9 @@ class Request:
 
 
 def rope_choices() -> list[str]:
-    """The extrapolation methods offered: the project's names (the reference's aliases name the same ones)."""
-    return list(ROPE_METHODS)
+    """The extrapolation methods offered: auto, then the project's names (the reference's aliases name the
+    same ones)."""
+    return ["auto", *ROPE_METHODS]
 
 
 def check_request(sampler, values: dict[str, Any], limits: Limits | None = None) -> Request:
@@ -148,39 +154,74 @@ def check_request(sampler, values: dict[str, Any], limits: Limits | None = None)
     if rope not in rope_choices():
         raise UserError(f"extrapolation must be one of {', '.join(rope_choices())}; got {rope!r}")
     seed = integer("seed", 0)
+    shift = str(values.get("time_shift", "auto")).strip()
+    if shift not in ("auto", "none"):
+        try:
+            number = float(shift)
+        except ValueError:
+            number = math.nan
+        if not 0 < number < 100:
+            raise UserError(f"time shift must be auto, none or a number between 0 and 100; got {shift!r}")
+        shift = f"{number:g}"
+    cache = values.get("cache", "none")
+    if cache not in CACHE_METHODS:
+        raise UserError(f"cache must be one of {', '.join(CACHE_METHODS)}; got {cache!r}")
+    common = dict(time_shift=shift, cache=cache)
     if sampler.text_conditional:
         prompt = (values.get("prompt") or "").strip()
         if not prompt:
             raise UserError("write a prompt")
-        return Request(height, width, steps, solver, guidance, rope, seed, prompt=prompt)
+        return Request(height, width, steps, solver, guidance, rope, seed, prompt=prompt, **common)
     label = values.get("label")
     if label is None:
         raise UserError("choose a class")
     label = integer("label", 0, sampler.model.config.num_classes - 1)
-    return Request(height, width, steps, solver, guidance, rope, seed, label=label)
+    return Request(height, width, steps, solver, guidance, rope, seed, label=label, **common)
+
+
+def chosen(sampler, request: Request) -> str:
+    """What ``auto`` picked for the request, for the page to show."""
+    auto = sampler.auto_choices(request.height, request.width)
+    parts = []
+    if request.rope == "auto":
+        parts.append(f"RoPE auto → `{auto['rope']}`")
+    if request.time_shift == "auto":
+        fixed = request.solver not in ("sde", "ddpm", "dopri5")
+        parts.append(
+            f"time shift auto → {auto['time_shift'] if fixed else 1} (training tokens: "
+            f"{sampler.model.config.rope_train_len**2})"
+        )
+    return "; ".join(parts)
 
 
 def generate(sampler, request: Request, progress: bool = True):
     """The uint8 image (H, W, 3) of ``request``: exactly what its ``fitv2 sample`` command writes."""
     import torch
 
-    from ..model.rope import rope_scaling
-    from ..sampling import Guidance, SolverConfig
-
     if request.prompt is not None:
         condition = sampler.encode_prompts([request.prompt])
     else:
         condition = torch.tensor([request.label])
+    shift = request.time_shift if request.time_shift in ("auto", "none") else float(request.time_shift)
+    settings = sampler.settings(
+        solver=request.solver,
+        steps=request.steps,
+        guidance_scale=request.guidance,
+        rope=request.rope,
+        time_shift=shift,
+        cache=request.cache,
+    )
     images = sampler.generate(
         request.height,
         request.width,
         condition,
-        SolverConfig(request.solver, steps=request.steps),
-        Guidance(scale=request.guidance),
-        rope_scaling(request.rope),
+        settings.solver,
+        settings.guidance,
+        settings.rope,
         seed=request.seed,
         batch_size=1,
         progress=progress,
+        cache=settings.cache,
     )
     return images[0]
 
@@ -203,13 +244,13 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = (), limits: L
 
     def run(*args, progress=gr.Progress(track_tqdm=True)):
         names = ["prompt" if sampler.text_conditional else "label", "height", "width", "steps", "solver"]
-        values = dict(zip([*names, "guidance", "rope", "seed"], args))
+        values = dict(zip([*names, "guidance", "rope", "seed", "time_shift", "cache"], args))
         try:
             request = check_request(sampler, values, limits)
         except UserError as err:
             raise gr.Error(str(err)) from None
         image = generate(sampler, request)
-        return image, request.command(checkpoint, loading=loading)
+        return image, request.command(checkpoint, loading=loading), chosen(sampler, request)
 
     with gr.Blocks(title=f"fitv2 · {cfg.name}") as app:
         gr.Markdown(
@@ -245,6 +286,15 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = (), limits: L
                     0, 20, value=start["guidance"], step=0.1, label="Guidance scale", elem_id="guidance"
                 )
                 rope = gr.Dropdown(rope_choices(), value=start["rope"], label="Extrapolation", elem_id="rope")
+                with gr.Row():
+                    time_shift = gr.Dropdown(
+                        ["auto", "none", "1.5", "2", "3"],
+                        value=start["time_shift"],
+                        allow_custom_value=True,
+                        label="Time shift",
+                        elem_id="time-shift",
+                    )
+                    cache = gr.Dropdown(list(CACHE_METHODS), value=start["cache"], label="Cache", elem_id="cache")
                 seed = gr.Number(value=start["seed"], label="Seed", precision=0, minimum=0, elem_id="seed")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=1):
@@ -252,10 +302,11 @@ def build_app(sampler, checkpoint: str, loading: tuple[str, ...] = (), limits: L
                     label="Sample", type="numpy", format="png", height=420, elem_id="result", interactive=False
                 )
                 command = gr.Textbox(label="Reproduce with", elem_id="command", lines=2)
+                auto = gr.Markdown(elem_id="chosen")
         go.click(
             run,
-            inputs=[condition, height, width, steps, solver, guidance, rope, seed],
-            outputs=[image, command],
+            inputs=[condition, height, width, steps, solver, guidance, rope, seed, time_shift, cache],
+            outputs=[image, command, auto],
             api_name="generate",
             concurrency_limit=workers,
         )

@@ -22,8 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import Runtime
     from ..distributed import setup
-    from ..model.rope import rope_scaling
-    from ..sampling import Guidance, Sampler, SolverConfig, check_size, write_samples
+    from ..sampling import Sampler, check_size, write_samples
+    from ..sampling.cache import CacheStats
 
     env = setup(opts.device) if opts.npz else None
     sampler = Sampler.load(
@@ -53,35 +53,40 @@ def run(args: argparse.Namespace) -> int:
     else:
         condition = sampler.encode_prompts(prompts)
     count = len(condition)
-    guidance = Guidance(
-        scale=defaults.guidance_scale if opts.cfg_scale is None else opts.cfg_scale,
-        channels=opts.guidance_channels,
-        schedule="power-cos" if opts.power_cos else "constant",
-        power=opts.power_cos or 1.0,
-        interval=opts.interval,
-    )
     ddpm = defaults.solver == "ddpm"  # FiT v1 weights
-    solver_name = opts.solver or defaults.solver
-    if ddpm != (solver_name == "ddpm"):
+    if opts.solver is not None and ddpm != (opts.solver == "ddpm"):
         kind = "FiT v1 (DDPM)" if ddpm else "rectified-flow"
         raise ConfigError(
-            f"--solver {solver_name} does not fit this {kind} model; "
+            f"--solver {opts.solver} does not fit this {kind} model; "
             + ("use --solver ddpm" if ddpm else "ddpm is for FiT v1 checkpoints")
         )
-    solver = SolverConfig(
-        solver_name,
-        steps=defaults.steps if opts.steps is None else opts.steps,
-        atol=opts.atol,
-        rtol=opts.rtol,
-        diffusion_form=opts.diffusion_form,
-        last_step=opts.last_step,
+    settings = sampler.settings(
+        solver=opts.solver,
+        steps=opts.steps,
+        guidance_scale=opts.cfg_scale,
+        rope=opts.rope,
+        time_shift=opts.shift,
+        cache=opts.cache,
+        cache_threshold=opts.cache_threshold,
+        attn_scale=opts.attn_scale,
+        guidance_options=dict(
+            channels=opts.guidance_channels,
+            schedule="power-cos" if opts.power_cos else "constant",
+            power=opts.power_cos or 1.0,
+            interval=opts.interval,
+        ),
+        solver_options=dict(
+            atol=opts.atol, rtol=opts.rtol, diffusion_form=opts.diffusion_form, last_step=opts.last_step
+        ),
     )
-    rope_name = opts.rope if opts.rope is not None else defaults.rope
-    rope = rope_scaling(rope_name, attn_scale=opts.attn_scale)
+    solver, guidance, rope = settings.solver, settings.guidance, settings.rope
+    rope_name, cache = settings.rope_name, settings.cache
+    stats = CacheStats()
     if env is not None:
-        return _sample_npz(opts, env, sampler, sizes[0], condition, labels, solver, guidance, rope, rope_name)
+        return _sample_npz(opts, env, sampler, sizes[0], condition, labels, solver, guidance, rope, rope_name, cache)
     sampler.check_memory(sizes, min(opts.batch_size, count), guidance, solver, num_images=count, force=opts.force)
     options = dict(seed=opts.seed, batch_size=opts.batch_size, progress=opts.progress, force=opts.force)
+    options.update(cache=cache, stats=stats)
     results = {}
     if len(sizes) > 1 and opts.mixed != "per-size":  # every (size, image) in one job of mixed batches
         every = [size for size in sizes for _ in range(count)]
@@ -95,11 +100,26 @@ def run(args: argparse.Namespace) -> int:
         for height, width in sizes:
             results[(height, width)] = sampler.generate(height, width, condition, solver, guidance, rope, **options)
     grid = write_samples(opts.out, results, labels, sampler.class_names, prompts=prompts)
-    print(f"{count} images at {len(sizes)} size(s) in {opts.out} (RoPE {rope_name}); grid: {grid}")
+    print(f"{count} images at {len(sizes)} size(s) in {opts.out}; grid: {grid}")
+    for height, width in sizes:
+        print(f"  {height}x{width}: {describe_choices(sampler, height, width, rope_name, solver)}")
+    if cache.enabled:
+        print(f"cache {cache.method} (threshold {cache.threshold:g}): {stats.describe()}")
     return 0
 
 
-def _sample_npz(opts, env, sampler, size, condition, labels, solver, guidance, rope, rope_name: str) -> int:
+def describe_choices(sampler, height: int, width: int, rope_name: str, solver) -> str:
+    """The RoPE and time shift an image of height × width gets, saying what ``auto`` chose."""
+    auto = sampler.auto_choices(height, width)
+    rope = f"RoPE auto -> {auto['rope']}" if rope_name == "auto" else f"RoPE {rope_name}"
+    if solver.time_shift == "auto":
+        shift = f"time shift auto -> {auto['time_shift']}" if solver.progress_steps else "no time shift"
+    else:
+        shift = f"time shift {solver.time_shift:g}"
+    return f"{rope}, {shift}"
+
+
+def _sample_npz(opts, env, sampler, size, condition, labels, solver, guidance, rope, rope_name: str, cache) -> int:
     """``fitv2 sample --npz``: one size into an ADM-format file, split over the torchrun ranks."""
     from dataclasses import asdict
 
@@ -111,6 +131,7 @@ def _sample_npz(opts, env, sampler, size, condition, labels, solver, guidance, r
     record["checkpoint"] = str(Path(opts.checkpoint).resolve())
     # what the unset options resolved to: a resume must sample with the same settings
     record.update(solver=solver.solver, steps=solver.steps, cfg_scale=guidance.scale, rope=rope_name)
+    record.update(time_shift=solver.time_shift)
     height, width = size
     try:
         path = sample_npz(
@@ -129,6 +150,7 @@ def _sample_npz(opts, env, sampler, size, condition, labels, solver, guidance, r
             seed=opts.seed,
             batch_size=opts.batch_size,
             force=opts.force,
+            cache=cache,
         )
     finally:
         cleanup(env)

@@ -7,7 +7,9 @@ only through 2D RoPE, so one set of weights serves every height, width and aspec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +54,20 @@ class Plan:
     unpad: Tensor | None = None  # (V,) the real tokens' places in the flattened (B·N) rows
     text_valid: Tensor | None = None  # (B, N) text models: the slots in context (image tokens, caption tokens)
     grad_checkpointing: bool = False
+
+
+class BlockCache(Protocol):
+    """Runs the blocks in a sampler's place: ``cache(x, first_block, other_blocks, plan, depth)`` returns
+    what all blocks would (or its cached estimate); see :mod:`fitv2.sampling.cache`."""
+
+    def __call__(
+        self,
+        x: Tensor,
+        first_block: Callable[[Tensor], Tensor],
+        other_blocks: Callable[[Tensor], Tensor],
+        plan: LayoutPlan,
+        depth: int,
+    ) -> Tensor: ...
 
 
 def unpadded_layout(layout: TokenLayout) -> tuple[Tensor, TokenLayout] | None:
@@ -180,6 +196,7 @@ class FiT(nn.Module):
         rope: RopeScaling | None = None,
         label_drop: Tensor | None = None,
         runtime: Runtime | None = None,
+        cache: BlockCache | None = None,
     ) -> Tensor:
         """Velocity (or epsilon and variance for v1) per token.
 
@@ -191,6 +208,7 @@ class FiT(nn.Module):
         rope: extrapolation method (default: none, the training tables); part of a given plan.
         label_drop: which labels (captions) to replace by the null class (the empty caption); in
         training, default random.   runtime: how to run (default: the model's); part of a given plan.
+        cache: a sampler's feature cache for this plan's rows (it runs the blocks: :class:`BlockCache`).
         Returns (B, N, p²·C_out) with exact zeros at padding.
         """
         if isinstance(layout, Plan):
@@ -202,12 +220,13 @@ class FiT(nn.Module):
         else:  # a text model's plan depends on the captions that label dropout keeps: built once they are known
             plan = layout
         if not isinstance(plan, Plan) or plan.unpad is None:
-            return self._run(x, t, y, plan, label_drop, rope, runtime)
+            return self._run(x, t, y, plan, label_drop, rope, runtime, cache)
         # The real tokens as one row, then back to the rows (padding outputs zeros).
         B, N = plan.layout.mask.shape
         drop = None if label_drop is None else label_drop.reshape(1, -1)
         assert isinstance(y, Tensor)  # plan() unpads class-conditional batches only
-        out = self._run(x.reshape(B * N, -1)[plan.unpad][None], t.reshape(1, -1), y.reshape(1, -1), plan, drop)
+        rows = x.reshape(B * N, -1)[plan.unpad][None]
+        out = self._run(rows, t.reshape(1, -1), y.reshape(1, -1), plan, drop, cache=cache)
         return out.new_zeros(B * N, out.shape[-1]).index_copy(0, plan.unpad, out[0]).view(B, N, -1)
 
     def _run(
@@ -219,6 +238,7 @@ class FiT(nn.Module):
         label_drop: Tensor | None,
         rope: RopeScaling | None = None,
         runtime: Runtime | None = None,
+        cache: BlockCache | None = None,
     ) -> Tensor:
         """The blocks on the rows as ``plan.blocks`` lays them out (a text model's plan is built here from a
         layout, once its captions' token masks after label dropout are known)."""
@@ -236,12 +256,21 @@ class FiT(nn.Module):
             c = self.conditioning(t, y, label_drop)  # (B, n, D)
         assert isinstance(plan, Plan)
         cond = Conditioning(c, self.global_adaLN_modulation(c) if self.global_adaLN_modulation is not None else 0.0)
-        for block in self.blocks:
-            if plan.grad_checkpointing and self.training:
-                x = checkpoint(block, x, cond, plan.blocks, use_reentrant=False)
-            else:
-                x = block(x, cond, plan.blocks)
-        x = self.final_layer(x, cond, plan.blocks)  # (B, N, p²·C_out)
+        blocks = plan.blocks
+
+        def run_blocks(x: Tensor, first: int = 0, last: int | None = None) -> Tensor:
+            for block in self.blocks[first:last]:
+                if plan.grad_checkpointing and self.training:
+                    x = checkpoint(block, x, cond, blocks, use_reentrant=False)
+                else:
+                    x = block(x, cond, blocks)
+            return x
+
+        if cache is None:
+            x = run_blocks(x)
+        else:
+            x = cache(x, lambda h: run_blocks(h, 0, 1), lambda h: run_blocks(h, 1), blocks, len(self.blocks))
+        x = self.final_layer(x, cond, blocks)  # (B, N, p²·C_out)
         return x * layout.mask[..., None].to(x.dtype)
 
     def plan(

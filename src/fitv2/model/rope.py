@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from ..config import ModelConfig
 from ..errors import ConfigError, UnknownNameError
 from ..names import ATTN_SCALES, FREQUENCY_RULES, ROPE_ALIASES, ROPE_METHODS
 from ..tokens import TokenLayout
@@ -45,6 +46,9 @@ class RopeScaling:
     """Batch mode: the (h, w) in tokens to scale for; None = the largest h and w in the batch."""
     train_len: int | None = None
     """L_train in tokens; None = the model's ``rope_train_len``."""
+    beyond: int | None = None
+    """Scale only images of more tokens than this (their own h·w); the others get the plain tables. None:
+    every image (``auto`` sets it to the training tokens: no extrapolation within the training budget)."""
 
     def __post_init__(self) -> None:
         if self.method not in FREQUENCY_RULES:
@@ -66,8 +70,11 @@ NAMED_SCALINGS.update({alias: NAMED_SCALINGS[name] for alias, name in ROPE_ALIAS
 
 
 def rope_scaling(name: str, attn_scale: str | None = None, decouple: bool | None = None) -> RopeScaling:
-    """Look up a scaling by name, optionally overriding its attention scale or decoupling."""
+    """Look up a scaling by name, optionally overriding its attention scale or decoupling. ``auto`` depends
+    on the model: :func:`auto_rope`."""
     key = name.lower()
+    if key == "auto":
+        raise UnknownNameError("RoPE 'auto' depends on the model: auto_rope(config, training_rope) resolves it")
     if key not in NAMED_SCALINGS:
         raise UnknownNameError(f"unknown RoPE extrapolation {name!r}; choose one of: {', '.join(NAMED_SCALINGS)}")
     scaling = NAMED_SCALINGS[key]
@@ -76,6 +83,24 @@ def rope_scaling(name: str, attn_scale: str | None = None, decouple: bool | None
     if decouple is not None:
         scaling = scaling.with_(decouple=decouple)
     return scaling
+
+
+def auto_rope(config: ModelConfig, training_rope: str = "none") -> RopeScaling:
+    """RoPE ``auto``: for FiTv2 weights trained with plain RoPE, no extrapolation for an image within the
+    training tokens (L_train²) and, beyond them, the paper's best, VisionNTK with the attention scale
+    (FiTv2 Tables III and V: ``vision-ntk+attn-scale``), chosen per image; for weights trained with an
+    extrapolation (high-resolution post-training: VisionNTK) or FiT v1 weights, their own method."""
+    if training_rope.lower() != "none" or not config.continuous_time:
+        return rope_scaling(training_rope)
+    best = NAMED_SCALINGS["vision-ntk+attn-scale"]
+    return best.with_(per_sample=True, beyond=config.rope_train_len**2)
+
+
+def auto_rope_name(config: ModelConfig, training_rope: str, tokens: int) -> str:
+    """The method :func:`auto_rope` applies to an image of ``tokens`` tokens (for display)."""
+    if training_rope.lower() != "none" or not config.continuous_time:
+        return training_rope
+    return "none" if tokens <= config.rope_train_len**2 else "vision-ntk+attn-scale"
 
 
 # ----------------------------------------------------------------------------- frequencies
@@ -229,6 +254,12 @@ def image_frequencies(
         factor = factor * yarn_mscale(torch.maximum(h, w), train_len)
     if scaling.attn_scale != "none":
         factor = factor * attention_scale_factor(scaling.attn_scale, h, w, train_len)
+    if scaling.beyond is not None:  # images within it keep the plain tables
+        size = size.cpu()
+        plain = (size[..., 0] * size[..., 1] <= scaling.beyond)[..., None]
+        base = base_frequencies(axis_dim, theta)
+        freqs_h, freqs_w = torch.where(plain, base, freqs_h), torch.where(plain, base, freqs_w)
+        factor = torch.where(plain[..., 0], 1.0, factor)
     return freqs_h, freqs_w, factor
 
 

@@ -17,6 +17,9 @@ FLOW_SOLVER, FLOW_STEPS = "euler", 50
 # The guidance of the papers' sample figures (FiTv2 Fig. 1 and 9; DiT's sampler default); the FID
 # tables use 1.5 with the reference's 3-channel guidance, which evaluation runs name explicitly.
 GUIDANCE_SCALE = 4.0
+# First-Block-Cache (off unless asked for): the relative change of the first block's residual below which
+# the other blocks are skipped.
+CACHE_THRESHOLD = 0.08
 
 
 @dataclass(frozen=True)
@@ -25,25 +28,28 @@ class SamplingDefaults:
 
     solver: str
     steps: int
-    rope: str  # the RoPE extrapolation the weights were trained with
+    rope: str  # 'auto': none within the training tokens, beyond them the best method (fitv2.model.rope.auto_rope)
+    time_shift: str  # 'auto': each image's SD3 shift from its tokens, 1 within the training tokens
     guidance_scale: float
     height: int  # pixels: the training budget side
     width: int
 
 
-def sampling_defaults(config: ModelConfig, training_rope: str = "none", unit: int = 1) -> SamplingDefaults:
-    """The defaults of a model with ``config``, trained with ``training_rope``; ``unit``: pixels per token
-    side (patch size × the autoencoder's down-sampling)."""
+def sampling_defaults(config: ModelConfig, unit: int = 1) -> SamplingDefaults:
+    """The defaults of a model with ``config``; ``unit``: pixels per token side (patch size × the
+    autoencoder's down-sampling). RoPE and time shift are ``auto``: what they pick depends on each image's
+    size, and within the training tokens both leave sampling as trained (no extrapolation, no shift)."""
     ddpm = not config.continuous_time  # FiT v1 weights
     side = config.rope_train_len * unit
     return SamplingDefaults(
         solver="ddpm" if ddpm else FLOW_SOLVER,
         steps=DDPM_STEPS if ddpm else FLOW_STEPS,
-        rope=training_rope,
+        rope="auto",
+        time_shift="auto",
         guidance_scale=GUIDANCE_SCALE,
         height=side,
         width=side,
     )
 
 
-__all__ = ["GUIDANCE_SCALE", "SamplingDefaults", "sampling_defaults"]
+__all__ = ["CACHE_THRESHOLD", "GUIDANCE_SCALE", "SamplingDefaults", "sampling_defaults"]

@@ -54,6 +54,16 @@ class Guidance:
         step = (1 - torch.cos(((1 - torch.clamp_max(t, 1.0)) ** self.power) * math.pi)) / 2
         return ((self.scale - 1) * step + 1).view(-1, 1, 1)
 
+    def weights(self, t: Tensor) -> Tensor | float:
+        """The guidance weight of each image at its flow time ``t`` (any shape: (B,), or (B, n) for packed
+        rows), 1 where ``t`` is outside the interval; a float when constant and in it everywhere."""
+        lo, hi = self.interval
+        inside = (t >= lo) & (t <= hi)
+        if self.schedule == "constant":
+            return self.scale if bool(inside.all()) else torch.where(inside, self.scale, 1.0)
+        step = (1 - torch.cos(((1 - torch.clamp_max(t, 1.0)) ** self.power) * math.pi)) / 2
+        return torch.where(inside, (self.scale - 1) * step + 1, 1.0)
+
     def guided_features(self, patch_size: int) -> int | None:
         """How many leading features of a token are guided (None = all)."""
         return None if self.channels == "all" else 3 * patch_size * patch_size

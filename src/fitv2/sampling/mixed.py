@@ -11,6 +11,7 @@ from ..model.rope import RopeScaling
 from ..seeds import gaussian
 from ..text import TextFeatures
 from ..tokens import TokenBatch, TokenLayout, first_fit_rows, pack_sequences, pad_sequences
+from .cache import CacheConfig, CacheStats
 from .guidance import Guidance
 from .sample import _progress_bar, _run, check_request
 from .solvers import SolverConfig, StepCallback
@@ -91,6 +92,8 @@ def sample_mixed(
     pack: bool | int = False,
     progress: bool = False,
     on_step: StepCallback = None,
+    cache: CacheConfig = CacheConfig(),
+    stats: CacheStats | None = None,
 ) -> list[Tensor]:
     """Generate images of different sizes in one padded (``pack`` False) or packed batch (rows of ``pack``
     tokens; True: as long as the longest image; see :class:`MixedBatch`): image i has
@@ -116,7 +119,9 @@ def sample_mixed(
     bar, on_step = _progress_bar(progress, on_step, solver, desc)
     tokens = TokenBatch(x, batch.layout).to(device)
     try:
-        out = _run(model, tokens, batch.per_slot(labels).to(device), solver, guidance, rope, None, on_step, draw)
+        out = _run(
+            model, tokens, batch.per_slot(labels).to(device), solver, guidance, rope, None, on_step, draw, cache, stats
+        )
         return batch.gather(out)
     finally:
         if bar is not None:

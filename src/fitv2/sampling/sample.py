@@ -14,10 +14,12 @@ from ..errors import ConfigError
 from ..model.rope import RopeScaling
 from ..seeds import Generators, gaussian
 from ..text import TextFeatures
-from ..tokens import TokenBatch, image_layout
+from ..tokens import TokenBatch, TokenLayout, image_layout
+from .cache import CacheConfig, CacheStats
 from .ddpm import Diffusion, ddpm_sample
 from .field import VelocityField
 from .guidance import Guidance
+from .schedule import auto_shift, time_grid
 from .solvers import NoiseDraw, SolverConfig, StepCallback, integrate
 
 
@@ -36,6 +38,25 @@ def noise_tokens(
     if text_len:
         x = torch.cat([x, x.new_zeros(batch_size, text_len, token_dim)], dim=1)
     return TokenBatch(x, image_layout(batch_size, h, w, text_len))
+
+
+def time_points(solver: SolverConfig, layout: TokenLayout, train_tokens: int) -> Tensor | None:
+    """The solver's time points when the shift is ``auto`` and some image exceeds the ``train_tokens`` the
+    model was trained at: one grid for a batch of one size (steps + 1,), one per row of a padded batch
+    (steps + 1, B, 1, 1), one per token of packed rows (steps + 1, B, N, 1). None: the solver's own grid
+    (the shift is a number, or 1 for every image, or the solver has grids of its own)."""
+    if solver.time_shift != "auto" or solver.progress_steps is None or solver.solver in ("sde", "ddpm"):
+        return None
+    shift = auto_shift(layout.size.prod(-1), train_tokens)  # (B, n): image tokens, empty slots 1
+    assert isinstance(shift, Tensor)
+    real = shift[layout.real_images()]
+    if bool((real == 1).all()):
+        return None
+    if bool((real == real[0]).all()):
+        return time_grid(solver.steps, float(real[0]))
+    if not layout.packed:
+        return time_grid(solver.steps, shift[:, 0].view(-1, 1, 1))
+    return time_grid(solver.steps, layout.spread(shift)[..., None])
 
 
 def check_request(model, labels: Tensor | TextFeatures, solver: SolverConfig) -> None:
@@ -69,13 +90,16 @@ def _run(
     generator: Generators,
     on_step: StepCallback,
     draw: NoiseDraw = None,
+    cache: CacheConfig = CacheConfig(),
+    stats: CacheStats | None = None,
 ) -> Tensor:
     """Integrate a prepared batch (its initial noise in ``tokens.x``) to the final tokens (B, N, p²·C)."""
-    field_ = VelocityField(model, labels, tokens.layout, guidance, rope)
+    field_ = VelocityField(model, labels, tokens.layout, guidance, rope, cache=cache, stats=stats)
     if not model.config.continuous_time:
         diffusion = Diffusion.respaced(solver.steps)
         return ddpm_sample(field_.denoiser, tokens.x.float(), diffusion, generator, on_step=on_step, draw=draw)
-    return integrate(field_, tokens.x.float(), solver, generator, on_step, draw)
+    ts = time_points(solver, tokens.layout, model.config.rope_train_len**2)
+    return integrate(field_, tokens.x.float(), solver, generator, on_step, draw, ts=ts)
 
 
 def _progress_bar(progress: bool, on_step: StepCallback, solver: SolverConfig, desc: str):
@@ -102,6 +126,8 @@ def sample_tokens(
     noise: Tensor | None = None,
     progress: bool = False,
     on_step: StepCallback = None,
+    cache: CacheConfig = CacheConfig(),
+    stats: CacheStats | None = None,
 ) -> Tensor:
     """Generate token sequences (B, h·w, p²·C) for images of h × w tokens, one per label (or, for a
     text-to-image model, one per caption of ``labels``: :class:`TextFeatures` (B, M, dim)).
@@ -109,7 +135,8 @@ def sample_tokens(
     generator: one for the whole batch, or a sequence of one per sample (sample i's initial noise and
     step noise then come from generator i alone). noise: the initial noise (B, h·w, p²·C) instead.
     progress: a progress bar over solver steps; on_step: called after each step instead (see
-    :attr:`SolverConfig.progress_steps`)."""
+    :attr:`SolverConfig.progress_steps`). cache: a feature cache (:mod:`.cache`); ``stats`` counts the block
+    evaluations it ran and skipped."""
     check_request(model, labels, solver)
     if not isinstance(generator, torch.Generator | None) and len(generator) != len(labels):
         raise ValueError(f"{len(generator)} generators for {len(labels)} samples")
@@ -118,7 +145,7 @@ def sample_tokens(
     tokens = noise_tokens(len(labels), h, w, model.config.token_dim, generator, noise, model.config.text_len)
     bar, on_step = _progress_bar(progress, on_step, solver, f"{h}x{w} tokens")
     try:
-        out = _run(model, tokens.to(device), labels, solver, guidance, rope, generator, on_step)
+        out = _run(model, tokens.to(device), labels, solver, guidance, rope, generator, on_step, None, cache, stats)
         return out[:, : h * w]  # the image tokens
     finally:
         if bar is not None:

@@ -23,16 +23,18 @@ from ..config import Runtime
 from ..data.autoencoder import SD_VAE_FT_EMA, Autoencoder, LatentSpace, PixelSpace, load_autoencoder, to_uint8
 from ..errors import ConfigError, UserError
 from ..model.fit import FiT
-from ..model.rope import NAMED_SCALINGS, RopeScaling
+from ..model.rope import NAMED_SCALINGS, RopeScaling, auto_rope, auto_rope_name, rope_scaling
 from ..names import rope_method
 from ..seeds import Generators
 from ..text import TextFeatures, load_text_encoder, parse_text_encoder
 from ..tokens import unpatchify
-from .defaults import SamplingDefaults, sampling_defaults
+from .cache import CacheConfig, CacheStats
+from .defaults import CACHE_THRESHOLD, SamplingDefaults, sampling_defaults
 from .guidance import Guidance
 from .memory import MemoryEstimate, available_memory, check_memory, estimate_memory
 from .mixed import sample_mixed
 from .sample import sample_tokens
+from .schedule import auto_shift
 from .solvers import SolverConfig
 
 
@@ -58,6 +60,17 @@ def check_size(height: int, width: int, unit: int) -> tuple[int, int]:
 def sample_generators(seed: int, height: int, width: int, indices) -> list[torch.Generator]:
     """One generator per sample, seeded from (seed, height, width, index) alone."""
     return [seeds.generator(seed, height, width, int(i)) for i in indices]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Everything a sampling call takes besides the images' sizes and conditions, resolved."""
+
+    solver: SolverConfig
+    guidance: Guidance
+    rope: RopeScaling
+    rope_name: str  # as asked ('auto', a method or an alias)
+    cache: CacheConfig
 
 
 @dataclass
@@ -91,7 +104,56 @@ class Sampler:
     @property
     def defaults(self) -> SamplingDefaults:
         """The solver, steps, RoPE, guidance and size this checkpoint is sampled with when none are named."""
-        return sampling_defaults(self.model.config, self.training_rope, self.unit)
+        return sampling_defaults(self.model.config, self.unit)
+
+    def settings(
+        self,
+        *,
+        solver: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        rope: str | None = None,
+        time_shift: float | str | None = None,
+        cache: str = "none",
+        cache_threshold: float = CACHE_THRESHOLD,
+        attn_scale: str | None = None,
+        guidance_options: dict[str, Any] | None = None,
+        solver_options: dict[str, Any] | None = None,
+    ) -> SamplingSettings:
+        """The settings of a call, each unset one from :attr:`defaults`: the one place the command line, the
+        pipeline and the page turn their options into a solver, guidance, RoPE and cache. ``time_shift``
+        'none' is 1, and 'auto' is 1 for the SDE and DDPM samplers, which have grids of their own.
+        ``guidance_options`` / ``solver_options``: more fields of :class:`Guidance` / :class:`SolverConfig`."""
+        d = self.defaults
+        name = solver or d.solver
+        shift = d.time_shift if time_shift is None else time_shift
+        if shift == "none" or (shift == "auto" and name in ("sde", "ddpm")):
+            shift = 1.0
+        rope_name = rope or d.rope
+        return SamplingSettings(
+            solver=SolverConfig(
+                name, steps=d.steps if steps is None else steps, time_shift=shift, **(solver_options or {})
+            ),
+            guidance=Guidance(
+                scale=d.guidance_scale if guidance_scale is None else guidance_scale, **(guidance_options or {})
+            ),
+            rope=self.rope(rope_name, attn_scale),
+            rope_name=rope_name,
+            cache=CacheConfig(cache, cache_threshold),
+        )
+
+    def rope(self, name: str, attn_scale: str | None = None) -> RopeScaling:
+        """The RoPE scaling of an extrapolation name; ``auto`` as :func:`fitv2.model.rope.auto_rope` decides
+        for this checkpoint."""
+        scaling = auto_rope(self.model.config, self.training_rope) if name == "auto" else rope_scaling(name)
+        return scaling.with_(attn_scale=attn_scale) if attn_scale is not None else scaling
+
+    def auto_choices(self, height: int, width: int) -> dict[str, str]:
+        """What ``auto`` picks for an image of height × width pixels: the RoPE method and the time shift."""
+        h, w = check_size(height, width, self.unit)
+        tokens = h * w
+        shift = auto_shift(tokens, self.model.config.rope_train_len**2)
+        return {"rope": auto_rope_name(self.model.config, self.training_rope, tokens), "time_shift": f"{shift:.3g}"}
 
     def check_decoder(self) -> None:
         """A UserError, before any sampling, when images are asked for and no decoder is at hand."""
@@ -241,6 +303,9 @@ class Sampler:
         force: bool = False,
         start: int = 0,
         generator: Generators = None,
+        *,
+        cache: CacheConfig = CacheConfig(),
+        stats: CacheStats | None = None,
     ) -> np.ndarray:
         """uint8 images (N, H, W, 3), one per label (or per caption: :meth:`encode_prompts`).
 
@@ -255,25 +320,11 @@ class Sampler:
         ``generator`` instead of ``seed``: one torch.Generator draws every batch's noise from one stream, batch
         after batch (so images depend on the batch size and their order, as in diffusers), or a list of one
         generator per image gives image i its own draws.
+        ``cache``: a feature cache (:mod:`.cache`); ``stats`` counts the block evaluations it ran and skipped.
         Checks the memory first (unless ``force``); ``progress``: one bar over the solver steps of all
         batches."""
-        return np.concatenate(
-            self._generate(
-                height,
-                width,
-                labels,
-                solver,
-                guidance,
-                rope,
-                seed,
-                batch_size,
-                progress,
-                force,
-                start,
-                generator,
-                decode=True,
-            )
-        )
+        args = (solver, guidance, rope, seed, batch_size, progress, force, start, generator)
+        return np.concatenate(self._generate(height, width, labels, *args, cache=cache, stats=stats, decode=True))
 
     def generate_latents(
         self, height: int, width: int, labels: torch.Tensor | TextFeatures, **options: Any
@@ -298,6 +349,8 @@ class Sampler:
         indices: list[int] | None = None,
         decode: bool = True,
         generator: Generators = None,
+        cache: CacheConfig = CacheConfig(),
+        stats: CacheStats | None = None,
     ) -> list[Any]:
         """Image j at ``sizes[j]`` (pixels) with label (or caption) j, many sizes in one batch: a list of
         uint8 (H_j, W_j, 3) images, or of latents (C, h·p, w·p) when not ``decode``.
@@ -356,6 +409,8 @@ class Sampler:
                     rope=rope,
                     pack=pack,
                     on_step=bar.update,
+                    cache=cache,
+                    stats=stats,
                 )
                 for j, t in zip(chunk, tokens):
                     latent = unpatchify(t[None], *grids[j], p)
@@ -378,6 +433,8 @@ class Sampler:
         start: int = 0,
         generator: Generators = None,
         *,
+        cache: CacheConfig = CacheConfig(),
+        stats: CacheStats | None = None,
         decode: bool,
     ) -> list[Any]:
         h, w = check_size(height, width, self.unit)
@@ -419,6 +476,8 @@ class Sampler:
                     rope=rope,
                     generator=generators,
                     on_step=bar.update,
+                    cache=cache,
+                    stats=stats,
                 )
                 latents = unpatchify(tokens, h, w, p)
                 if not decode:

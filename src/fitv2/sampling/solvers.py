@@ -30,8 +30,10 @@ class SolverConfig:
     ``time_shift`` s: the ODE grid is SD3's shift of the uniform one, t' = t / (t + s·(1 − t))
     (:func:`.schedule.shift_times`; s > 1 spends more steps near the noise). 1 leaves it uniform, bit for
     bit. It moves the steps of the fixed-step solvers; an adaptive method only reports at those points,
-    so it does not change its result. A per-image shift (``auto``, :func:`.schedule.auto_shift`) is a
-    grid per image, passed to :func:`integrate` as ``ts``."""
+    so it does not change its result. ``"auto"``: each image's own s from its tokens
+    (:func:`.schedule.auto_shift`: 1 up to the training tokens), one grid per image, built by the sampler
+    (:func:`.sample.time_points`) and passed to :func:`integrate` as ``ts``; the SDE and DDPM samplers,
+    which have grids of their own, and adaptive methods take it as 1."""
 
     solver: str = "euler"
     steps: int = 50
@@ -42,14 +44,14 @@ class SolverConfig:
     last_step: str = "Mean"
     last_step_size: float = 0.04
     sample_eps: float = 1e-3
-    time_shift: float = 1.0
+    time_shift: float | str = 1.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if not 0 < self.time_shift < math.inf:
-            raise ConfigError(f"the time shift must be a positive number, got {self.time_shift}")
-        if self.time_shift != 1 and self.solver in ("sde", "ddpm"):
+        if self.time_shift != "auto" and (isinstance(self.time_shift, str) or not 0 < self.time_shift < math.inf):
+            raise ConfigError(f"the time shift must be 'auto' or a positive number, got {self.time_shift!r}")
+        if self.time_shift not in (1, "auto") and self.solver in ("sde", "ddpm"):
             raise ConfigError(f"a time shift moves the ODE solvers' grid; the {self.solver} sampler has its own")
         if self.solver == "sde":
             if self.diffusion_form not in SDE_DIFFUSIONS:
@@ -203,7 +205,7 @@ def integrate(
             raise ValueError("the SDE sampler runs on its own grid (sde_grid); it takes no ts")
         return euler_maruyama(f, x, cfg, generator, on_step, draw)
     if ts is None:
-        ts = time_grid(cfg.steps, cfg.time_shift)
+        ts = time_grid(cfg.steps, cfg.time_shift if isinstance(cfg.time_shift, float | int) else None)
     elif ts.dim() < 1 or ts.shape[0] != cfg.steps + 1:
         raise ValueError(f"ts must hold steps + 1 = {cfg.steps + 1} time points, got shape {tuple(ts.shape)}")
     elif ts.dim() > 1:
