@@ -62,6 +62,7 @@ def tiny_run(data, out, **overrides):
         log_every=5,
         ckpt_every=1000,
         progress=False,
+        precision="fp32",  # not measured: runs that tests compare must not differ by a timing
         model=dict(class_dropout_prob=0.0),
     )
     return TrainConfig(**{**base, **overrides})

@@ -46,6 +46,7 @@ def _cfg(data, out, **kw):
         log_every=1,
         ckpt_every=3,
         progress=False,
+        precision="fp32",  # one process and two must not choose differently by a timing
         model=dict(class_dropout_prob=0.2),
     )
     return {**base, **kw}

@@ -29,7 +29,7 @@ def test_partial_finetune_from_a_checkpoint(tmp_path):
     make_class_folder(tmp_path / "images", classes=2, per_class=4, sizes=((64, 32), (48, 48), (32, 64)))
     prepare(tmp_path / "images", tmp_path / "lo", patch_size=4, budget=32, workers=1, progress=False)
     prepare(tmp_path / "images", tmp_path / "hi", patch_size=4, budget=48, workers=1, progress=False)
-    base = dict(preset="FiTv2-Micro/4", batch_size=4, lr=3e-3, log_every=2, progress=False)
+    base = dict(preset="FiTv2-Micro/4", batch_size=4, lr=3e-3, log_every=2, progress=False, precision="fp32")
     train(TrainConfig(data=str(tmp_path / "lo"), out=str(tmp_path / "pre"), steps=4, ckpt_every=4, **base))
     pre = tmp_path / "pre" / "checkpoints" / "step_0000004"
     train(

@@ -95,7 +95,7 @@ def test_options_saved_by_earlier_versions_still_load():
     assert (packed.batching, packed.row_length) == ("pack", 96)
     old = TrainConfig.from_dict({**base, "model": {"depth": 1, "grad_checkpointing": True}})
     assert old.grad_checkpointing and old.model == {"depth": 1}
-    assert old.runtime().grad_checkpointing
+    assert old.runtime("fp32").grad_checkpointing
     from fitv2.config import ModelConfig
 
     assert "grad_checkpointing" not in ModelConfig.from_dict({"depth": 1, "grad_checkpointing": True}).to_dict()
@@ -114,6 +114,44 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_with_the_measured_ratio(eight_im
 
 
 def test_bf16_speedup_is_measured():
-    from fitv2.training.loop import bf16_matmul_speedup
+    from fitv2.training.precision import bf16_matmul_speedup
 
     assert bf16_matmul_speedup(size=128, repeats=1) > 0
+
+
+@pytest.mark.parametrize("measured, chosen", [(3.0, "bf16"), (0.5, "fp32")])
+def test_precision_auto_trains_in_what_the_measurement_says(
+    eight_images, tmp_path, monkeypatch, capsys, measured, chosen
+):
+    """--precision auto (the default) measures a bf16 step against fp32 and records the choice with the ratio;
+    a resumed run keeps the recorded choice whatever a new measurement would say."""
+    import json
+
+    import fitv2.training.loop as T
+
+    calls = []
+    monkeypatch.setattr(T, "bf16_step_speedup", lambda *a, **k: calls.append(a) or measured)
+    out = tmp_path / "run"
+    train(_config(eight_images, out, steps=2, ckpt_every=2, precision="auto"))
+    assert len(calls) == 1 and calls[0][1] == 8 and calls[0][2] == 64  # the batch, the dataset's largest images
+    record = json.loads((out / "config.json").read_text())["precision"]
+    assert record == {"requested": "auto", "chosen": chosen, "bf16_speedup": measured}
+    assert f"precision auto: {chosen}" in capsys.readouterr().out
+    saved = json.loads((out / "checkpoints" / "step_0000002" / "config.json").read_text())
+    assert saved["precision"]["chosen"] == chosen
+    monkeypatch.setattr(T, "bf16_step_speedup", lambda *a, **k: 1 / measured)  # the other answer now
+    train(_config(eight_images, out, steps=4, ckpt_every=2, resume="latest", precision="auto"))
+    assert json.loads((out / "config.json").read_text())["precision"]["chosen"] == chosen
+
+
+def test_bf16_step_speedup_is_measured_on_the_model():
+    from conftest import tiny_config
+
+    from fitv2.model import FiT
+    from fitv2.training.precision import bf16_step_speedup, choose_precision
+
+    model = FiT(tiny_config())
+    assert bf16_step_speedup(model, 2, 16, torch.device("cpu"), repeats=1) > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert choose_precision("fp32", lambda: 9.0) == ("fp32", None)
+    assert choose_precision("auto", lambda: 1.5) == ("bf16", 1.5)

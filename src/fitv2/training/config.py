@@ -56,8 +56,10 @@ class TrainConfig(Options):
     log_every: int = opt(10, ge=1, help="log every N steps")
     ckpt_every: int = opt(500, ge=1, help="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = opt(2, ge=1, help="checkpoints kept in the run folder (the newest)")
-    precision: Literal["fp32", "bf16"] = opt(
-        "fp32", help="'bf16': autocast for matmuls; parameters, norms, RoPE and loss stay fp32"
+    precision: Literal["auto", "fp32", "bf16"] = opt(
+        "auto",
+        help="'bf16': autocast for matmuls (parameters, norms, RoPE and loss stay fp32); 'auto': bf16 where a "
+        "training step measured on this machine is faster in bf16, else fp32",
     )
     seed: int = opt(0, ge=0, help="seed of initialisation, data order and noise")
     bucket: int = opt(0, ge=0, help="sort chunks of bucket × batch examples by length to reduce padding (0 = off)")
@@ -152,9 +154,12 @@ class TrainConfig(Options):
                 data.setdefault("row_length", pack)
         return build(cls, data, source)
 
-    def runtime(self) -> Runtime:
-        """How the model runs in this run (not part of the architecture)."""
-        return Runtime(self.attention, self.grad_checkpointing, self.compile, self.precision)
+    def runtime(self, precision: str | None = None) -> Runtime:
+        """How the model runs in this run (not part of the architecture); ``precision``: what 'auto' chose."""
+        precision = precision or self.precision
+        if precision == "auto":
+            raise ValueError("precision 'auto' is chosen by measuring (fitv2.training.precision): pass the choice")
+        return Runtime(self.attention, self.grad_checkpointing, self.compile, precision)
 
     @property
     def loggers(self) -> tuple[str, ...]:

@@ -39,9 +39,10 @@ from ..seeds import generator
 from .config import TrainConfig
 from .finetune import apply_finetune, load_pretrained, source_config
 from .loggers import MetricLoggers, check_loggers
+from .precision import bf16_matmul_speedup, bf16_step_speedup, choose_precision
 from .run import RunPlan, clear_run, plan_run
 
-__all__ = ["TrainResult", "bf16_matmul_speedup", "make_optimizer", "train"]
+__all__ = ["TrainResult", "make_optimizer", "train"]
 
 
 @dataclass
@@ -212,6 +213,7 @@ def _save(
     cfg: TrainConfig,
     dataset: TokenDataset,
     totals: dict[str, float],
+    precision: dict[str, Any],
 ) -> Path:
     """Gather full state on every rank (a collective under FSDP); rank 0 writes it once."""
     weights, ema_weights = dist.model_state(model), dist.model_state(ema)
@@ -220,6 +222,7 @@ def _save(
 
     def write(folder: Path) -> None:
         extra = {"train": cfg.to_dict(), "dataset": {k: dataset.meta[k] for k in DATASET_KEYS}, "step": step}
+        extra["precision"] = precision
         save_model_dir(folder, model.config, weights, ema_weights, extra)
         save_torch(
             {
@@ -268,23 +271,6 @@ def _truncate_log(log_path: Path, step: int) -> None:
     atomic_write(log_path, lambda tmp: Path(tmp).write_text("".join(r + "\n" for r in rows)))
 
 
-def bf16_matmul_speedup(size: int = 768, repeats: int = 3) -> float:
-    """fp32 time / bf16 time of a square matmul on this CPU, in this thread count (about 0.1 s): > 1 where
-    the CPU has bf16 matrix units (AMX, AVX-512-BF16), far below 1 where bf16 is emulated."""
-    a = torch.randn(size, size)
-
-    def best(x: torch.Tensor) -> float:
-        x @ x  # warm-up: the first call picks the kernel
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            x @ x
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(a) / best(a.bfloat16())
-
-
 def make_optimizer(
     params: list[torch.nn.Parameter], lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, sharded: bool = False
 ) -> torch.optim.AdamW:
@@ -293,6 +279,27 @@ def make_optimizer(
     sharded (FSDP) parameters take the default implementation."""
     fusable = not sharded and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fusable or None)
+
+
+def _precision(
+    cfg: TrainConfig, plan: RunPlan, env: dist.Env, model: FiT, dataset: TokenDataset, device: torch.device
+) -> dict[str, Any]:
+    """The precision the run trains in, and the measured bf16 speed-up behind an 'auto' choice: a resumed run
+    keeps the choice it recorded; otherwise rank 0 measures a step of the model (before it is wrapped) on
+    its share of a batch of the dataset's largest images, and every rank takes its choice."""
+    recorded = plan.saved.get("precision") if plan.resume is not None else None
+    if cfg.precision == "auto" and isinstance(recorded, dict) and recorded.get("chosen") in ("fp32", "bf16"):
+        return dict(recorded)
+
+    def measure() -> float:
+        share = max(1, cfg.batch_size // env.world_size)
+        return bf16_step_speedup(model, share, int(dataset.meta["max_tokens"]), device)
+
+    chosen, ratio = _on_main(env, lambda: choose_precision(cfg.precision, measure))
+    if env.is_main and ratio is not None:
+        faster = f"{ratio:.2f}x as fast as" if ratio > 1 else f"{1 / ratio:.2f}x the time of"
+        print(f"precision auto: {chosen} (a bf16 training step measured {faster} fp32)", flush=True)
+    return {"requested": cfg.precision, "chosen": chosen, "bf16_speedup": ratio}
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -320,7 +327,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     dataset = TokenDataset(cfg.data)
     model_cfg = resolve_model_config(cfg, dataset) if plan.resume is None else resumed_model_config(cfg, plan, dataset)
     torch.manual_seed(cfg.seed)
-    model = FiT(model_cfg, cfg.runtime())
+    # The model's runtime holds no precision of its own: autocast is the loop's, chosen below.
+    model = FiT(model_cfg, cfg.runtime("fp32"))
     if cfg.init_from and plan.resume is None:
         load_pretrained(model, cfg.init_from, reinit_unfrozen=cfg.reinit_unfrozen, mode=cfg.finetune)
     trainable = apply_finetune(model, cfg.finetune)
@@ -358,6 +366,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         step = int(state["step"])
 
     model, ema = model.to(device), ema.to(device)
+    precision = _precision(cfg, plan, env, model, dataset, device)
     train_model = dist.wrap(model, env, cfg)
     dist.shard_like(ema, env, cfg)
     # After wrapping: FSDP replaces the parameters, so the optimizer must see the new ones.
@@ -371,14 +380,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         for block in model.blocks:
             block.compile(dynamic=True)  # sequence lengths vary from batch to batch
     forward = train_model
-    autocast = model.runtime.autocast(device)
+    autocast = cfg.runtime(precision["chosen"]).autocast(device)
     if env.is_main:
         if plan.clear:  # only now: a run that fails to start leaves the old one in place
             print(f"--overwrite: removed {', '.join(clear_run(out))} of the previous run in {out}", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         if cfg.resume is not None:
             _truncate_log(out / "log.jsonl", step)
-        save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict()}, out / "config.json")
+        save_json({"model": model_cfg.to_dict(), "train": cfg.to_dict(), "precision": precision}, out / "config.json")
     loggers = (
         MetricLoggers(cfg.loggers, out, cfg.to_dict(), cfg.wandb_project, step if cfg.resume is not None else None)
         if env.is_main and cfg.loggers
@@ -469,7 +478,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             out_of_time |= cfg.train_tokens is not None and totals["tokens"] >= cfg.train_tokens
             out_of_time = dist.any_true(env, out_of_time)
             if step % cfg.ckpt_every == 0 or step == cfg.steps or out_of_time:
-                checkpoint = _save(env, out, step, model, ema, optimizer, scheduler, loader, cfg, dataset, totals)
+                checkpoint = _save(
+                    env, out, step, model, ema, optimizer, scheduler, loader, cfg, dataset, totals, precision
+                )
                 dist.barrier(env)
             if out_of_time:
                 break
