@@ -982,6 +982,18 @@ def _ambiguity_section(stats) -> str:
                     ],
                 )
             )
+    clf = amb.get("fitv2_train_classifier")
+    if clf:
+        lines.append("\n### `fitv2 train-classifier` (the project's evaluation classifier)\n")
+        lines.append(clf["note"][0].upper() + clf["note"][1:] + ":\n")
+        for r in clf["runs"]:
+            lines.append(
+                f"* `{r['command']}`: {r['epochs_run']} epochs in {r['seconds']:.0f} s, test accuracy "
+                f"**{r['test_accuracy'] * 100:.1f}%** (at 16x16: {r['test_accuracy_by_side']['16'] * 100:.1f}%, "
+                f"42x42: {r['test_accuracy_by_side']['42'] * 100:.1f}%); most frequent confusions: "
+                + ", ".join(f"`{t}`->`{p}`: {n}" for t, p, n in r["top_confusions_test"])
+                + "."
+            )
     plain = [r for r in runs if r["eval_split"] == "test" and not r.get("flip")]
     flipped = [r for r in runs if r["eval_split"] == "test" and r.get("flip")]
     if plain:
