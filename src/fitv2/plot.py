@@ -136,3 +136,70 @@ def loss_curve(
         draw.line([px(x, y) for x, y in zip(steps_a, loss_a)], fill=(170, 190, 230), width=1)
         draw.line([px(x, y) for x, y in zip(steps_a, _smooth(loss_a, smoothing))], fill=(20, 60, 160), width=2)
     return canvas
+
+
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+
+
+def line_plot(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_x: bool = False,
+    size: tuple[int, int] = (640, 400),
+    marks: dict[str, tuple[float, float]] | None = None,
+) -> Image.Image:
+    """Lines with point markers, one per named series of (x, y), a legend, optional log-scaled x, and
+    ``marks``: single labelled points (a reference setting)."""
+    W, H = size
+    left, right, top, bottom = 64, 150, 30, 44
+    canvas = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(12)
+    draw.text((left, 8), title, fill=INK, font=_font(14))
+    points = [(x, y) for xs, ys in series.values() for x, y in zip(xs, ys)] + list((marks or {}).values())
+    if not points:
+        draw.text((left, H // 2), "no data", fill=INK, font=font)
+        return canvas
+
+    def fx(x: float) -> float:
+        return math.log10(x) if log_x else x
+
+    xs_all, ys_all = [fx(p[0]) for p in points], [p[1] for p in points]
+    x0, x1 = min(xs_all), max(xs_all)
+    y0, y1 = min(ys_all), max(ys_all)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    y0, y1 = y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0)
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return left + (fx(x) - x0) / (x1 - x0) * (W - left - right), H - bottom - (y - y0) / (y1 - y0) * (
+            H - top - bottom
+        )
+
+    draw.rectangle([left, top, W - right, H - bottom], outline=INK)
+    for k in range(5):
+        yv = y0 + (y1 - y0) * k / 4
+        _, yp = px(10**x0 if log_x else x0, yv)
+        draw.line([left - 4, yp, left, yp], fill=INK)
+        draw.text((4, yp - 7), f"{yv:.3g}", fill=INK, font=font)
+        xv = x0 + (x1 - x0) * k / 4
+        xp = left + k / 4 * (W - left - right)
+        draw.line([xp, H - bottom, xp, H - bottom + 4], fill=INK)
+        draw.text((xp - 12, H - bottom + 6), f"{10**xv if log_x else xv:.3g}", fill=INK, font=font)
+    draw.text(((left + W - right) // 2 - 40, H - 18), xlabel + (" (log scale)" if log_x else ""), fill=INK, font=font)
+    draw.text((4, top - 22), ylabel, fill=INK, font=font)
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        pts = [px(x, y) for x, y in sorted(zip(xs, ys))]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=2)
+        for p in pts:
+            draw.ellipse([p[0] - 3, p[1] - 3, p[0] + 3, p[1] + 3], fill=colour)
+        draw.line([W - right + 10, top + 10 + 16 * i, W - right + 30, top + 10 + 16 * i], fill=colour, width=3)
+        draw.text((W - right + 34, top + 3 + 16 * i), name, fill=INK, font=font)
+    for j, (name, (x, y)) in enumerate((marks or {}).items()):
+        p = px(x, y)
+        draw.rectangle([p[0] - 4, p[1] - 4, p[0] + 4, p[1] + 4], outline=INK, width=2)
+        draw.text((p[0] + 6, p[1] - 14 - 12 * j), name, fill=INK, font=font)
+    return canvas

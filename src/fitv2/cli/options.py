@@ -483,6 +483,7 @@ class ClassifierOptions(Options):
     lr: float = opt(2e-3, gt=0, help="learning rate")
     budget: int = opt(32, ge=16, help="input side S: trains on areas (S/2)²..(4S/3)², evaluates at S²")
     max_minutes: float | None = opt(None, gt=0, help="stop after this long (the schedule adapts)")
+    hflip: bool = opt(True, help="random horizontal flips (off for glyphs: a mirrored b is a d)")
     seed: int = opt(0, ge=0, help="seed")
     quiet: bool = opt(False, help="no progress output")
 

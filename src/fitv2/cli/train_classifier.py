@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         budget=opts.budget,
         seed=opts.seed,
         max_minutes=opts.max_minutes,
+        hflip=opts.hflip,
         progress=not opts.quiet,
     )
     acc = meta["test_accuracy"]

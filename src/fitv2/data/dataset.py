@@ -5,7 +5,8 @@ Modes (what each image contributes to a batch):
                 sides exceed the budget side (paper Algorithm 1);
   ``flexible``  FiT v1: the resize variant only;
   ``fixed``     DiT/SiT baseline: the square centre crop only (every image, no padding).
-Every example is flipped horizontally with probability ½.
+Every example is flipped horizontally with probability ½ (``hflip``; off where a mirror image is another
+class, as for glyphs).
 
 The order of an epoch is a permutation drawn from (seed, epoch); the random choices of a
 batch from (seed, epoch, batch index). The loader's state is therefore just (epoch, batch),
@@ -142,6 +143,7 @@ class TokenLoader:
         bucket: int = 0,
         batching: str = "pad",
         row_length: int | None = None,
+        hflip: bool = True,
     ):
         if mode not in MODES:
             raise ConfigError(f"unknown data mode {mode!r}; choose one of {MODES}")
@@ -166,6 +168,7 @@ class TokenLoader:
         self.world_size = world_size
         self.bucket = bucket
         self.batching = batching
+        self.hflip = hflip  # off: never the mirror image (glyphs: a mirrored b is a d)
         self.epoch = 0
         self.batch_index = 0
         self._order: list[list[int]] | None = None
@@ -217,7 +220,7 @@ class TokenLoader:
         for i in mine:
             item = self.dataset.variant(groups[i], self.mode, bool(coins[i, 0]))
             rec = self.dataset.items[item]
-            items.append((self.dataset.features(item, bool(coins[i, 1])), rec["h"], rec["w"]))
+            items.append((self.dataset.features(item, self.hflip and bool(coins[i, 1])), rec["h"], rec["w"]))
             labels.append(rec["label"])
             if M:
                 texts.append(self.dataset.text(groups[i]))

@@ -239,14 +239,14 @@ def _aspect_bucket(width: int, height: int) -> int:
     return min(range(len(ASPECTS)), key=lambda i: abs(math.log(width / height / ASPECTS[i])))
 
 
-def _augmented(img: Image.Image, size: tuple[int, int], rng: random.Random) -> np.ndarray:
-    """Random crop (60-100% of the area, aspect kept), resize to ``size`` (w, h), random flip."""
+def _augmented(img: Image.Image, size: tuple[int, int], rng: random.Random, flip: bool = True) -> np.ndarray:
+    """Random crop (85-100% of the area, aspect kept), resize to ``size`` (w, h), random flip (if ``flip``)."""
     w, h = img.size
     frac = math.sqrt(rng.uniform(MIN_CROP, 1.0))
     cw, ch = max(1, round(w * frac)), max(1, round(h * frac))
     left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
     arr = np.asarray(img.crop((left, top, left + cw, top + ch)).resize(size, Image.Resampling.BICUBIC))
-    return arr[:, ::-1] if rng.random() < 0.5 else arr
+    return arr[:, ::-1] if flip and rng.random() < 0.5 else arr
 
 
 def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -260,7 +260,13 @@ def _jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _batch(
-    images: list[Image.Image], labels: list[int], buckets: list[int], idx: list[int], side: int, rng: random.Random
+    images: list[Image.Image],
+    labels: list[int],
+    buckets: list[int],
+    idx: list[int],
+    side: int,
+    rng: random.Random,
+    flip: bool = True,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """One training batch: a uint8 array per aspect bucket (area ≈ side²) and the labels in that order."""
     groups: dict[int, list[int]] = defaultdict(list)
@@ -270,7 +276,7 @@ def _batch(
     for b, members in sorted(groups.items()):
         aspect = math.sqrt(ASPECTS[b])
         size = (max(8, round(side * aspect)), max(8, round(side / aspect)))  # (w, h)
-        arrays.append(np.stack([_augmented(images[i], size, rng) for i in members]))
+        arrays.append(np.stack([_augmented(images[i], size, rng, flip) for i in members]))
         order += members
     return arrays, np.array([labels[i] for i in order])
 
@@ -302,6 +308,7 @@ def train_classifier(
     max_minutes: float | None = None,
     weight_decay: float = 0.05,
     config: ClassifierConfig | None = None,
+    hflip: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train on the split=train rows of a JSONL (or a class folder), test on split=test; save to ``out_dir``.
@@ -310,7 +317,8 @@ def train_classifier(
     (4·budget/3)² (steps of 8 px of side: 16²..40² for budget 32); within it, images are grouped
     by aspect ratio (nine buckets from 1:4 to 4:1; an image's aspect ratio changes by ≤ 22%) into
     same-shape tensors that share BatchNorm statistics (:meth:`Classifier.forward_groups`).
-    Augmentation: random crop, flip and colour jitter. The learning rate
+    Augmentation: random crop, horizontal flip (unless ``hflip`` is off: glyphs, whose mirror images are
+    other classes, b and d) and colour jitter. The learning rate
     warms up then follows a cosine; with ``max_minutes`` the schedule tracks elapsed time too,
     so training ends on time at a small learning rate. ``config`` sets the architecture; its
     ``num_classes`` and ``input_side`` are taken from the data and ``budget``. Returns the saved metadata.
@@ -355,7 +363,7 @@ def train_classifier(
             scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
             for group in opt.param_groups:
                 group["lr"] = lr * scale
-            arrays, y_np = _batch(images, labels, buckets, idx, rng.choice(sides), rng)
+            arrays, y_np = _batch(images, labels, buckets, idx, rng.choice(sides), rng, hflip)
             y = torch.from_numpy(y_np)
             logits = model.forward_groups([_jitter(to_model_input(torch.from_numpy(a)), gen) for a in arrays])["logits"]
             loss = F.cross_entropy(logits, y, label_smoothing=0.1)
@@ -409,6 +417,7 @@ def train_classifier(
             budget=budget,
             train_sides=sides,
             seed=seed,
+            hflip=hflip,
             max_minutes=max_minutes,
             seconds=round(seconds, 1),
         ),

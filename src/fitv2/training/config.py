@@ -36,6 +36,9 @@ class TrainConfig(Options):
         "mixed", help="'mixed' (FiTv2), 'flexible' (FiT v1) or 'fixed' (square crops, DiT/SiT)"
     )
     time_sampling: Literal["logit-normal", "uniform"] = opt("logit-normal", help="training time distribution")
+    hflip: bool = opt(
+        True, help="flip each example horizontally with probability 1/2 (off for glyphs: a mirrored b is a d)"
+    )
     time_mean: float = opt(0.0, help="logit-normal mean")
     time_std: float = opt(1.0, gt=0, help="logit-normal standard deviation")
     batch_size: int = opt(32, ge=1, help="global batch (images), split across ranks")

@@ -350,6 +350,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg.bucket,
         cfg.batching,
         cfg.row_length,
+        cfg.hflip,
     )
     time_sampler = TimeSampler(cfg.time_sampling, cfg.time_mean, cfg.time_std)
     rope = rope_scaling(cfg.rope).with_(per_sample=True)
