@@ -175,6 +175,7 @@ CASES = [
     ("demo --minutes 0", "--minutes must be greater than 0"),
     ("demo --preset FiTv2-Huge/2", "invalid choice"),
     ("demo --data {missing}", "dataset folder not found"),
+    ("demo --data {empty}", "has no metadata.jsonl"),
     ("demo --out {file}", "is a file"),
     # no command at all
     ("", "required"),

@@ -326,11 +326,15 @@ def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
 def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
     from fitv2.cli.demo import DemoConfig, run_demo
 
-    out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2))
+    cfg = DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2, classifier_minutes=0.01, recognise_per_class=1)
+    out = run_demo(cfg)
     report = (out / "report.md").read_text()
     logged = (out / "run" / "log.jsonl").read_text().strip()
     assert ("Loss: not logged" in report) == (not logged)  # a 0.1 s budget leaves no time for 10 steps
     assert (out / "samples.png").is_file() and (out / "loss.png").is_file()
+    # the glyph demo judges its samples with its own classifier: one line says how often they are recognised
+    recognised = [line for line in report.splitlines() if line.startswith("Recognised:")]
+    assert len(recognised) == 1 and "of the samples at 32x32" in recognised[0] and "real test images" in recognised[0]
 
 
 def test_text_demo_prompts_and_nearest_training_images():
@@ -358,7 +362,7 @@ def test_text_demo_prompts_and_nearest_training_images():
 def test_the_text_demo_runs_end_to_end(tmp_path):
     from fitv2.cli.demo import DemoConfig, run_demo
 
-    out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2, text=True))
+    out = run_demo(DemoConfig.for_data("clipart", out=str(tmp_path / "demo"), minutes=0.002, steps=2, text=True))
     report = (out / "report.md").read_text()
     assert "text-to-image (MiniLM captions" in report and "| prompt | its class |" in report
     assert len((out / "samples" / "prompts.txt").read_text().splitlines()) == 17

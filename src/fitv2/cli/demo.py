@@ -1,9 +1,14 @@
-"""``fitv2 demo``: prepare the embedded clipart data, train a small FiTv2 in pixel space on the
-CPU within a time budget, and sample every class at several sizes and aspect ratios.
+"""``fitv2 demo``: prepare embedded data, train a small FiTv2 in pixel space on the CPU within a time
+budget, and sample every class at several sizes and aspect ratios.
+
+The default data are the embedded glyphs (``data/glyphs``: 62 characters in many fonts, styles and
+colours at their native aspect ratios): the demo also trains the glyph classifier, and reports how often
+the samples are recognised as their character, beside how often real test glyphs of unseen fonts are
+(``Recognised:`` in OUT/report.md). ``--data clipart`` runs on the embedded clipart instead.
 
 Writes OUT/report.md, OUT/samples.png (rows = sizes, columns = classes),
-OUT/samples_square.png (several samples per class), OUT/loss.png, the checkpoint and the
-token dataset.
+OUT/samples_square.png (several samples per class), OUT/loss.png, the checkpoint, the classifier and the
+token dataset. Rerunning the same command continues where a killed run stopped.
 
 ``fitv2 demo --text`` does the same for the text-to-image model: the clipart captions encoded
 by MiniLM, and a fixed list of test-split captions (one per class) sampled at the five sizes
@@ -19,12 +24,15 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ..data.images import center_crop, load_rgb
 from ..data.prepare import prepare
+from ..eval.classifier import load_classifier, train_classifier
+from ..eval.evaluate import open_source
 from ..model.rope import rope_scaling
 from ..plot import image_grid, loss_curve
 from ..sampling import Guidance, Sampler, SolverConfig, write_samples
@@ -32,13 +40,15 @@ from ..training import TrainConfig, train
 from .flags import given
 from .options import DemoOptions
 
-EMBEDDED = Path(__file__).resolve().parents[3] / "data" / "clipart"
+DATA = Path(__file__).resolve().parents[3] / "data"
+EMBEDDED = DATA / "clipart"
+GLYPHS = DATA / "glyphs"
 
 
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    data: str = str(EMBEDDED)
+    data: str = str(GLYPHS)
     minutes: float = 8.0
     preset: str = "FiTv2-Mini/4"
     budget: int = 32
@@ -49,6 +59,21 @@ class DemoConfig:
     steps: int = 40
     seed: int = 0
     text: bool = False  # the text-to-image model, conditioned on the captions
+    # Glyphs' mirror images are other classes (b and d): no flips; and resized images only, since a centre
+    # crop of a wide glyph (W, M) cuts its strokes.
+    hflip: bool = False
+    data_mode: Literal["mixed", "flexible", "fixed"] = "flexible"
+    classifier_minutes: float = 2.5  # > 0: train the classifier (flips as hflip) and report recognition
+    recognise_per_class: int = 10
+
+    @classmethod
+    def for_data(cls, name: str, **options) -> DemoConfig:
+        """The demo on ``glyphs`` (the default), ``clipart`` or a folder with metadata.jsonl (natural images:
+        FiTv2's mixed data with flips, no classifier)."""
+        if name == "glyphs":
+            return cls(**options)
+        natural = dict(hflip=True, data_mode="mixed", classifier_minutes=0.0)
+        return cls(data=str(EMBEDDED if name == "clipart" else name), **{**natural, **options})
 
 
 # (height, width, RoPE extrapolation, what it shows) at a 32-pixel budget side (8×8 = 64 tokens).
@@ -87,6 +112,16 @@ def run_demo(cfg: DemoConfig) -> Path:
         print(f"prepared {report.images} images ({report.tokens:,} tokens), skipped {sum(report.skipped.values())}")
     timings["prepare"] = time.perf_counter() - t0
 
+    classifier = out / "classifier"
+    if cfg.classifier_minutes > 0 and not (classifier / "classifier.json").is_file():
+        t0 = time.perf_counter()
+        print(f"training the classifier that judges the samples ({cfg.classifier_minutes:g} min)", flush=True)
+        meta = train_classifier(
+            metadata, classifier, epochs=8, budget=cfg.budget, max_minutes=cfg.classifier_minutes, hflip=cfg.hflip
+        )
+        print(f"classifier: {meta['test_accuracy']:.1%} of the test images recognised", flush=True)
+        timings["classifier"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     result = train(
         TrainConfig(
@@ -105,6 +140,8 @@ def run_demo(cfg: DemoConfig) -> Path:
             log_every=10,
             seed=cfg.seed,
             bucket=4,
+            hflip=cfg.hflip,
+            data_mode=cfg.data_mode,
             resume="latest",
         )
     )
@@ -133,12 +170,20 @@ def run_demo(cfg: DemoConfig) -> Path:
             height, width, labels, solver, guidance, rope_scaling(rope), seed=cfg.seed, progress=False
         )
     write_samples(out / "samples", results, labels, sampler.class_names, grid_columns=k)
+    # Many classes (62 glyphs) wrap: each size takes as many rows as chunks of at most 31 classes.
+    width = k if k <= 31 else -(-k // -(-k // 31))
+    rows, names = [], []
+    for (h, w), images in results.items():
+        for start in range(0, k, width):
+            rows.append(list(images[start : start + width]))
+            names.append(f"{h}x{w}" + (f" ({sampler.class_names[start]}-)" if width < k else ""))
     grid = image_grid(
-        [list(im) for im in results.values()],
-        [f"{h}x{w}" for h, w in results],
-        sampler.class_names,
+        rows,
+        names,
+        sampler.class_names[:width] if width == k else None,
         scale=2,
-        title="one sample per class (columns) at each size (rows), all enlarged 2x",
+        title="one sample per class at each size (rows), all enlarged 2x"
+        + (f"; classes in order, {width} a row" if width < k else ""),
     )
     grid.save(out / "samples.png")
     per_class = 6
@@ -157,10 +202,45 @@ def run_demo(cfg: DemoConfig) -> Path:
     ).save(out / "samples_square.png")
     timings["sample"] = time.perf_counter() - t0
 
+    recognition = None
+    if (classifier / "classifier.json").is_file():
+        t0 = time.perf_counter()
+        recognition = recognise(sampler, classifier, cfg, metadata)
+        timings["recognise"] = time.perf_counter() - t0
     log = _log(out)
     loss_curve([r["step"] for r in log], [r["loss"] for r in log], title="demo training loss").save(out / "loss.png")
-    _report(out, cfg, result, timings, log, sampler)
+    _report(out, cfg, result, timings, log, sampler, recognition)
     return out
+
+
+def recognise(sampler: Sampler, classifier: Path, cfg: DemoConfig, metadata: Path) -> dict[str, float]:
+    """How often samples at each demo size are recognised as their class by the classifier
+    (``recognise_per_class`` of every class, new noise), and how often the real test images are (resized
+    to the budget)."""
+    model = load_classifier(classifier)
+    k = sampler.model.config.num_classes
+    labels = torch.arange(k).repeat_interleave(cfg.recognise_per_class)
+    solver, guidance = SolverConfig("euler", steps=cfg.steps), Guidance(scale=cfg.cfg_scale)
+
+    def rate(images, ys) -> float:
+        groups: dict[tuple, list[int]] = {}
+        for i, im in enumerate(images):
+            groups.setdefault(im.shape, []).append(i)
+        right = 0
+        for idx in groups.values():
+            logits = model.embed(np.stack([images[i] for i in idx]), side=cfg.budget)["logits"]
+            right += int((logits.argmax(1) == torch.as_tensor([ys[i] for i in idx])).sum())
+        return right / max(1, len(images))
+
+    rates = {}
+    for height, width, rope, _ in demo_sizes(cfg.budget):
+        images = sampler.generate(
+            height, width, labels, solver, guidance, rope_scaling(rope), seed=cfg.seed + 2, progress=False
+        )
+        rates[f"{height}x{width}"] = rate(list(images), labels.tolist())
+    real = [(np.asarray(im), y) for im, y in open_source(metadata, "test", cfg.budget)]
+    rates["real test"] = rate([im for im, _ in real], [y for _, y in real])
+    return rates
 
 
 def _log(out: Path) -> list[dict]:
@@ -241,7 +321,25 @@ def _loss_summary(log: list[dict]) -> str:
     )
 
 
-def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: list[dict], sampler) -> None:
+def recognised_line(recognition: dict[str, float], budget: int, per_class: int, classes: int) -> str:
+    """The report's one ``Recognised:`` line: samples and real test images at the training size."""
+    size = f"{budget}x{budget}"
+    sample, real = recognition[size], recognition["real test"]
+    return (
+        f"Recognised: {sample:.1%} of the samples at {size} ({per_class} of each of {classes} classes) and "
+        f"{real:.1%} of the real test images (unseen fonts), a ratio of {sample / max(real, 1e-9):.2f}."
+    )
+
+
+def _report(
+    out: Path,
+    cfg: DemoConfig,
+    result,
+    timings: dict[str, float],
+    log: list[dict],
+    sampler,
+    recognition: dict[str, float] | None = None,
+) -> None:
     params = sum(p.numel() for p in sampler.model.parameters())
     if log:
         last = log[-1]
@@ -265,7 +363,8 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
             else f"{sampler.model.config.num_classes} classes"
         )
         + f", token budget {cfg.budget}x{cfg.budget} px "
-        f"= {(cfg.budget // 4) ** 2} tokens; mixed data, logit-normal time, batch {cfg.batch_size}, lr {cfg.lr}.",
+        f"= {(cfg.budget // 4) ** 2} tokens; {cfg.data_mode} data{'' if cfg.hflip else ' without flips'}, "
+        f"logit-normal time, batch {cfg.batch_size}, lr {cfg.lr}.",
         "",
         "| stage | wall time |",
         "|---|---|",
@@ -277,6 +376,7 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
         "",
         f"Sampling: Euler, {cfg.steps} steps, classifier-free guidance {cfg.cfg_scale}.",
         "",
+        *_recognition_lines(recognition, cfg, sampler),
         "| size (px) | tokens | RoPE | note |",
         "|---|---|---|---|",
         *[f"| {h}x{w} | {(h // 4) * (w // 4)} | {rope} | {note} |" for h, w, rope, note in demo_sizes(cfg.budget)],
@@ -296,14 +396,29 @@ def _report(out: Path, cfg: DemoConfig, result, timings: dict[str, float], log: 
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
+def _recognition_lines(recognition: dict[str, float] | None, cfg: DemoConfig, sampler) -> list[str]:
+    if recognition is None:
+        return []
+    k = sampler.model.config.num_classes
+    return [
+        recognised_line(recognition, cfg.budget, cfg.recognise_per_class, k),
+        "",
+        f"By the classifier trained on the training split (`{Path(cfg.out) / 'classifier'}`), at every size:",
+        "",
+        "| images | recognised as their class |",
+        "|---|---|",
+        *[f"| {name} | {value:.1%} |" for name, value in recognition.items()],
+        "",
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     opts = DemoOptions.from_dict(given(args, DemoOptions))
     opts.check_environment()
     from .demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=opts.output, minutes=opts.minutes, preset=opts.preset, seed=opts.seed, text=opts.text)
-    if opts.data:
-        cfg.data = opts.data
+    cfg = DemoConfig.for_data(opts.data, out=opts.output, minutes=opts.minutes, preset=opts.preset, seed=opts.seed)
+    cfg.text = opts.text
     out = run_demo(cfg)
     print(f"demo finished: see {out / 'report.md'} and {out / 'samples.png'}")
     return 0

@@ -404,17 +404,21 @@ class DemoOptions(Options):
     minutes: float = opt(8.0, gt=0, help="training time budget in minutes")
     out: str | None = opt(None, help="output folder (not set: runs/demo, with --text runs/demo_text)")
     text: bool = opt(
-        False, help="the text-to-image model: train on the clipart captions, sample from test-split prompts"
+        False, help="the text-to-image model: train on the data's captions, sample from test-split prompts"
     )
     preset: str = opt("FiTv2-Mini/4", choices=tuple(PRESETS), help="model preset")
-    data: str | None = opt(None, help="dataset folder with metadata.jsonl (not set: the embedded data/clipart)")
+    data: str = opt(
+        "glyphs",
+        help="glyphs (the embedded glyph data; the demo also trains their classifier and reports how often the "
+        "samples are recognised), clipart (the embedded clipart), or a folder with metadata.jsonl",
+    )
     seed: int = opt(0, ge=0, help="seed")
 
     def __post_init__(self) -> None:
         check_fields(self)
 
     def check_environment(self) -> None:
-        if self.data is not None:
+        if self.data not in ("glyphs", "clipart"):
             check_exists(self.data, "dataset folder")
             if not (Path(self.data) / "metadata.jsonl").is_file():
                 raise MissingFileError(f"{self.data} has no metadata.jsonl")
