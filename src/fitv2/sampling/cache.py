@@ -20,6 +20,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..model.layers import LayoutPlan
 from ..names import CACHE_METHODS
+from .defaults import CACHE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class CacheConfig:
     residual (mean |r_t − r_prev| / mean |r_prev| per image) at which the other blocks are skipped."""
 
     method: str = "none"
-    threshold: float = 0.1
+    threshold: float = CACHE_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.method not in CACHE_METHODS:
@@ -66,11 +67,14 @@ class FirstBlockCache:
     stats: CacheStats = field(default_factory=CacheStats)
     first: Tensor | None = None  # the first block's residual at the last full step
     rest: Tensor | None = None  # what the other blocks added then
+    images: int | None = None  # in the plan's rows (one plan per cache: counted once)
 
     def __call__(self, x: Tensor, first_block, other_blocks, plan: LayoutPlan, depth: int) -> Tensor:
         h = first_block(x)
         residual = h - x
-        images = _count_images(plan)
+        if self.images is None:
+            self.images = _count_images(plan)
+        images = self.images
         if self.first is not None and self.rest is not None and self._unchanged(residual, plan):
             self.stats.evaluated += images
             self.stats.skipped += images * (depth - 1)
