@@ -78,8 +78,8 @@ class Sampler:
     """A model with its autoencoder and class names, ready to generate.
 
     training_rope: the RoPE extrapolation the weights were trained with (a name of
-    :data:`fitv2.model.rope.NAMED_SCALINGS`; 'none' for released weights or when not recorded), the
-    natural default for sampling them: e.g. 'vision-ntk' after high-resolution post-training.
+    :data:`fitv2.model.rope.NAMED_SCALINGS`; 'none' for released weights or when not recorded): what
+    RoPE ``auto`` keeps for weights trained with one, e.g. 'vision-ntk' after high-resolution post-training.
     """
 
     model: FiT
