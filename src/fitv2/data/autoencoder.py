@@ -160,9 +160,17 @@ class DiffusersVAE:
         )
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor, generators: list[torch.Generator] | None = None) -> Tensor:
+        """Latents of (B, 3, H, W) images; ``generators``: one per image for its posterior sample, so
+        that an image's latents do not depend on the images encoded with it (else the global RNG)."""
         dist = self.vae.encode(images.to(self.device)).latent_dist
-        z = dist.sample() if self.sample else dist.mean
+        if self.sample and generators is not None:
+            if len(generators) != len(images):
+                raise ValueError(f"{len(generators)} generators for {len(images)} images")
+            noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators])
+            z = dist.mean + dist.std * noise.to(dist.mean)
+        else:
+            z = dist.sample() if self.sample else dist.mean
         (H, W), (h, w), f = images.shape[-2:], z.shape[-2:], self.downsample
         if abs(h * f - H) >= f or abs(w * f - W) >= f:  # floor or ceil of H/f are both a ×f grid
             raise self._mismatch((H, W), (h, w))
