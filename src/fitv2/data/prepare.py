@@ -22,6 +22,7 @@ import hashlib
 import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -128,7 +129,7 @@ def _images_plan(source, autoencoder, patch_size, budget, split, min_tokens, min
     if captions == "filename":
         listing.captions = None  # from the file names, as for a class folder
 
-    def build(k: int, first: int, results: list) -> Shard:
+    def build(k: int, first: int, results: Iterator) -> Shard:
         shard, encoder, kept = Shard(), BatchEncoder(autoencoder, patch_size, batch, seed), []
         for i, (variants, reason, detail) in enumerate(results, start=first):
             src = listing[i]

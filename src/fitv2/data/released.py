@@ -14,6 +14,7 @@ file drops its image, a bad crop file only the crop (the image keeps its resize 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ def read_item(args: tuple[Path, ReleasedItem, int, int]) -> tuple[list, list[tup
     return sequences, skipped
 
 
-def build_shard(first: int, results: list[tuple[list, list[tuple[str, str]]]], listing: ReleasedListing) -> Shard:
+def build_shard(first: int, results: Iterator[tuple[list, list[tuple[str, str]]]], listing: ReleasedListing) -> Shard:
     shard = Shard()
     for i, (sequences, skipped) in enumerate(results, start=first):
         for reason, where in skipped:

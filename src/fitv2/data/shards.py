@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -191,12 +192,13 @@ def merge(out: Path, shards: int, keep_captions: bool = False) -> Merged:
 class ShardJob:
     """How one kind of source becomes shards: ``item(i)`` is the picklable argument of
     ``worker`` (a module-level function run in the decoding pool, reading one source item), and
-    ``build(k, first, results)`` turns the results of shard k's items into the shard."""
+    ``build(k, first, results)`` turns the results of shard k's items (an iterator, consumed as the
+    workers deliver) into the shard."""
 
     count: int
     item: Callable[[int], Any]
     worker: Callable[[Any], Any]
-    build: Callable[[int, int, list[Any]], Shard]
+    build: Callable[[int, int, Iterator[Any]], Shard]
 
 
 def shard_range(k: int, shard_items: int, count: int) -> range:
@@ -224,15 +226,48 @@ def run_shards(
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     items = (job.item(i) for k in mine for i in shard_range(k, shard_items, job.count))
     bar = tqdm(total=total, desc="prepare", unit="img", smoothing=0.1, disable=not (progress and env.is_main))
-    with bar, Pool(workers) if workers > 1 else _InProcess() as pool:
-        results = pool.imap(job.worker, items, chunksize=8)
+    with bar, Pool(workers) if workers > 1 else _InProcess() as pool, _Window(64 * workers) as window:
+        results = pool.imap(job.worker, window.feed(items), chunksize=4)
+
+        def take() -> Any:
+            result = next(results)
+            window.release()
+            return result
+
         for k in mine:
             span = shard_range(k, shard_items, job.count)
-            shard = job.build(k, span.start, [next(results) for _ in span])
+            shard = job.build(k, span.start, (take() for _ in span))
             write_shard(out, k, shard, dtype, token_dim)
             bar.update(min(len(span) * env.world_size, bar.total - bar.n))  # the other ranks keep the same pace
     barrier(env)
     return shards
+
+
+class _Window:
+    """At most ``size`` items handed to the pool and not yet taken back. A pool's feeder thread
+    would queue every item at once, and while the encoder is slower than the decoders their
+    results (decoded images) would pile up: memory would grow with the dataset."""
+
+    def __init__(self, size: int):
+        self.slots = threading.Semaphore(size)
+        self.closed = False
+
+    def feed(self, items: Iterator[Any]) -> Iterator[Any]:
+        for item in items:
+            self.slots.acquire()
+            if self.closed:
+                return
+            yield item
+
+    def release(self) -> None:
+        self.slots.release()
+
+    def __enter__(self) -> _Window:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closed = True
+        self.slots.release()  # wakes a feeder waiting for a slot, which then stops
 
 
 class _InProcess:
