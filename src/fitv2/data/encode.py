@@ -81,10 +81,11 @@ def encode_images(
 class BatchEncoder:
     """Queues images by pixel size and encodes a size's queue when it holds ``batch`` images, or
     the fullest queue when ``4 × batch`` images wait in all (memory stays bounded); ``flush``
-    encodes the rest. Results are keyed by the caller's key, in any order of completion."""
+    encodes the rest and returns every result (tokens in ``dtype``, h, w) by the caller's key."""
 
-    def __init__(self, autoencoder: Autoencoder, patch_size: int, batch: int, seed: int):
+    def __init__(self, autoencoder: Autoencoder, patch_size: int, batch: int, seed: int, dtype: torch.dtype):
         self.autoencoder, self.patch_size, self.batch, self.seed = autoencoder, patch_size, batch, seed
+        self.dtype = dtype  # of the stored tokens: a shard's tokens are held in it until written
         self.queues: dict[tuple[int, ...], list[tuple[Any, np.ndarray, tuple[int, ...]]]] = {}
         self.waiting = 0
         self.done: dict[Any, tuple[torch.Tensor, int, int]] = {}
@@ -110,5 +111,5 @@ class BatchEncoder:
         tokens, h, w = encode_images(
             [image for _, image, _ in queue], self.autoencoder, self.patch_size, [key for _, _, key in queue]
         )
-        for (key, _, _), t in zip(queue, tokens):
+        for (key, _, _), t in zip(queue, tokens.to(self.dtype)):
             self.done[key] = (t, h, w)

@@ -128,9 +128,11 @@ def _images_plan(source, autoencoder, patch_size, budget, split, min_tokens, min
         raise MissingFileError(f"no such image folder or JSONL file: {source}")
     if captions == "filename":
         listing.captions = None  # from the file names, as for a class folder
+    dtype = dtype or "float16"
+    stored = getattr(torch, dtype)
 
     def build(k: int, first: int, results: Iterator) -> Shard:
-        shard, encoder, kept = Shard(), BatchEncoder(autoencoder, patch_size, batch, seed), []
+        shard, encoder, kept = Shard(), BatchEncoder(autoencoder, patch_size, batch, seed, stored), []
         for i, (variants, reason, detail) in enumerate(results, start=first):
             src = listing[i]
             if reason is not None:
@@ -179,7 +181,7 @@ def _images_plan(source, autoencoder, patch_size, budget, split, min_tokens, min
         class_names=listing.classes,
         source_kind="images",
     )
-    return _Plan(job, settings, fields, dtype or "float16")
+    return _Plan(job, settings, fields, dtype)
 
 
 def _released_plan(source, budget_tokens, spec, patch_size, budget, keep_small, dtype):
@@ -290,12 +292,17 @@ def prepare(
     barrier(env)
     open_run(out, settings, env)
     torch_dtype = getattr(torch, plan.dtype)
+    threads = torch.get_num_threads()
+    if plan.fields["autoencoder"]["name"] == "pixel" or plan.settings["kind"] == "released":
+        torch.set_num_threads(1)  # only tiny tensor copies here: threads would wait on each other (and on workers)
     try:
         shards = run_shards(out, plan.job, env, shard_images, workers, torch_dtype, plan.fields["token_dim"], progress)
     except UserError:
         if env.is_main and not any((out / shard_name(k)).exists() for k in range(1 + plan.job.count // shard_images)):
             _remove(out, created)  # nothing was made: leave no trace of a run that cannot work
         raise
+    finally:
+        torch.set_num_threads(threads)
     report = PrepareReport()
     error = None
     if env.is_main:

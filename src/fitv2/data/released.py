@@ -13,6 +13,7 @@ file drops its image, a bad crop file only the crop (the image keeps its resize 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,11 +103,17 @@ def check_given(name: str, given: int | None, derived: int, why: str) -> int:
     return derived
 
 
-def _integer(t: torch.Tensor, what: str) -> list[int]:
-    values = t.flatten().tolist()
-    if not all(float(v).is_integer() for v in values):
-        raise BadFile(INCONSISTENT, f"{what} {values[:4]} is not integral")
-    return [int(v) for v in values]
+def _integer(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t`` as int64, if every value is a whole number (the layout stores some ints as floats)."""
+    if t.dtype.is_floating_point:
+        if not bool(torch.isfinite(t).all()) or not torch.equal(t, t.round()):
+            raise BadFile(INCONSISTENT, f"{what} {t.flatten()[:4].tolist()} is not integral")
+    return t.to(torch.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid(h: int, w: int) -> torch.Tensor:
+    return make_grid(h, w)
 
 
 def read_sequence(path: Path, token_dim: int, budget_tokens: int, crop: bool) -> tuple[np.ndarray, str, int, int, int]:
@@ -125,11 +132,11 @@ def read_sequence(path: Path, token_dim: int, budget_tokens: int, crop: bool) ->
     if feature.dtype not in DTYPE_NAMES:
         raise BadFile(INCONSISTENT, f"feature of {feature.dtype}")
     h, w = int(feature.shape[1]), int(feature.shape[2])
-    if _integer(size, "size") != [h, w]:
+    if _integer(size, "size").flatten().tolist() != [h, w]:
         raise BadFile(INCONSISTENT, f"size {size.tolist()} but a {h}x{w} feature")
-    if tuple(grid.shape) != (2, h * w) or _integer(grid, "grid") != make_grid(h, w).flatten().tolist():
+    if tuple(grid.shape) != (2, h * w) or not torch.equal(_integer(grid, "grid"), _grid(h, w)):
         raise BadFile(INCONSISTENT, f"grid {tuple(grid.shape)} is not the {h}x{w} token grid")
-    labels = _integer(label, "label")
+    labels = _integer(label, "label").flatten().tolist()
     if len(labels) != 1 or labels[0] < 0:
         raise BadFile(INCONSISTENT, f"label {label.tolist()} is not one class number")
     side = math.isqrt(budget_tokens)
