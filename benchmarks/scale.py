@@ -397,13 +397,15 @@ def report(results: dict, command: str, wall: float) -> str:
         if not one:
             continue
         a, b = fit_line([r["n"] for r in one], [r["seconds"] for r in one])
-        ra, rb = fit_line([r["n"] for r in one], [r["rss"] for r in one])
         over = ", ".join(f"{r['n']:,}" for r in one)
+        peaks = " / ".join(f"{r['rss']:.0f}" for r in one)
+        last, prev = one[-1], one[-2] if len(one) > 1 else one[-1]
+        slope = (last["rss"] - prev["rss"]) / max(1, last["n"] - prev["n"])
         lines.append(
-            f"- {kind}, 1 rank: prepare s ≈ {a:.1f} + {b * 1e3:.3f} ms × images (least squares over "
-            f"{over}): {a + b * IMAGENET_IMAGES:,.0f} s for ImageNet's "
-            f"{IMAGENET_IMAGES:,} images of this size; peak RSS ≈ {ra:.0f} MiB + {rb * 1e5:.1f} MiB per 100k images "
-            f"({ra + rb * IMAGENET_IMAGES:,.0f} MiB at ImageNet)."
+            f"- {kind}, 1 rank: prepare s ≈ {a:.1f} + {b * 1e3:.3f} ms × images (least squares over {over}): "
+            f"{a + b * IMAGENET_IMAGES:,.0f} s for ImageNet's {IMAGENET_IMAGES:,} images of this size. Peak RSS "
+            f"{peaks} MiB at {over} images: {slope * 1e5:+.1f} MiB per 100k images between the two largest, "
+            f"{last['rss'] + slope * (IMAGENET_IMAGES - last['n']):,.0f} MiB at ImageNet's size if that continued."
         )
     for budget, r in sorted(loaders.items()):
         rate = r["n"] / r["prepare"]["seconds"]

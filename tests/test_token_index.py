@@ -2,6 +2,7 @@
 format version 1, and the loader's epoch order (the one runs trained before the compact index used)."""
 
 import json
+import pickle
 import shutil
 import time
 import tracemalloc
@@ -15,6 +16,7 @@ from safetensors import safe_open
 
 from fitv2.data import TokenDataset, TokenLoader
 from fitv2.data.index import RECORD, DatasetIndex, save_array
+from fitv2.data.prepare import prepare
 from fitv2.seeds import generator
 
 
@@ -109,3 +111,15 @@ def test_the_epoch_order_is_the_one_earlier_versions_drew(token_dataset, bucket)
     if bucket > 1:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     assert loader._epoch_batches().tolist() == batches
+
+
+def test_the_reader_keeps_few_files_open_and_travels_to_other_processes(class_images, tmp_path):
+    prepare(class_images, tmp_path / "tokens", shard_images=3, workers=1, progress=False)
+    ds, few = TokenDataset(tmp_path / "tokens"), TokenDataset(tmp_path / "tokens")
+    few._shards.max_open = 1
+    assert len(ds.index.shards) == 3
+    for i in [*range(ds.num_sequences), 0, 15, 1, 14]:  # every shard in turn, then back and forth
+        assert torch.equal(few.features(i, flip=i % 2 == 1), ds.features(i, flip=i % 2 == 1))
+    assert len(few._shards._open) == 1
+    copy = pickle.loads(pickle.dumps(few))  # as a DataLoader worker gets it: no file descriptors
+    assert copy._shards._open == {} and torch.equal(copy.features(7), ds.features(7))

@@ -18,6 +18,9 @@ there, rank 0 merges their parts into the dataset's records (``index.py``); ``in
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -238,9 +241,27 @@ def run_shards(
             span = shard_range(k, shard_items, job.count)
             shard = job.build(k, span.start, (take() for _ in span))
             write_shard(out, k, shard, dtype, token_dim)
+            del shard
+            _trim_heap()
             bar.update(min(len(span) * env.world_size, bar.total - bar.n))  # the other ranks keep the same pace
     barrier(env)
     return shards
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Return a finished shard's freed buffers to the system: glibc keeps freed heap, and shards of
+    many tensor sizes fragment it, so without this the RSS creeps up shard after shard."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class _Window:
@@ -288,36 +309,44 @@ _ST_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32
 
 class ShardReader:
     """Token rows of a dataset's shards (``features`` (tokens, 2, D) of a safetensors file), one
-    ``pread`` a sequence. Each shard's header is parsed once; at most ``max_open`` files are kept
-    open (ImageNet has thousands of shards), the least recently used closed first. Safe across
-    ``fork``: a position-free read shares no state with other processes."""
+    ``pread`` a sequence. Each shard's header is parsed once and kept (a few numbers a shard); at
+    most ``max_open`` files are open at once (ImageNet has over a thousand shards), the least
+    recently used closed first, so a reopen costs one ``open``. Safe across ``fork``: a
+    position-free read shares no state with other processes."""
 
-    def __init__(self, root: Path, names: list[str], max_open: int = 64):
+    def __init__(self, root: Path, names: list[str], max_open: int = 512):
         self.root, self.names, self.max_open = root, names, max_open
-        self._open: dict[int, tuple[int, int, torch.dtype, int]] = {}  # shard -> fd, data start, dtype, D
+        self._headers: dict[int, tuple[int, torch.dtype, int]] = {}  # shard -> data start, dtype, D
+        self._open: dict[int, int] = {}  # shard -> file descriptor, least recently used first
 
     def __getstate__(self) -> dict[str, Any]:  # file descriptors do not travel to another process
         return {**self.__dict__, "_open": {}}
 
+    def _header(self, shard: int, fd: int) -> tuple[int, torch.dtype, int]:
+        path = self.root / self.names[shard]
+        try:
+            size = int.from_bytes(os.pread(fd, 8, 0), "little")
+            header = json.loads(os.pread(fd, size, 8))["features"]
+            if header["dtype"] not in _ST_DTYPES or len(header["shape"]) != 3:
+                raise UserError(f"{path}: 'features' of {header['dtype']} {header['shape']} is not (tokens, 2, D)")
+        except (KeyError, ValueError) as err:
+            raise UserError(f"{path} is not a token shard ({err}); prepare the dataset again") from None
+        return 8 + size + header["data_offsets"][0], _ST_DTYPES[header["dtype"]], header["shape"][2]
+
     def _file(self, shard: int) -> tuple[int, int, torch.dtype, int]:
-        entry = self._open.pop(shard, None)
-        if entry is None:
-            path = self.root / self.names[shard]
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                size = int.from_bytes(os.pread(fd, 8, 0), "little")
-                header = json.loads(os.pread(fd, size, 8))["features"]
-                if header["dtype"] not in _ST_DTYPES or len(header["shape"]) != 3:
-                    raise UserError(f"{path}: 'features' of {header['dtype']} {header['shape']} is not (tokens, 2, D)")
-            except (KeyError, ValueError) as err:
-                os.close(fd)
-                raise UserError(f"{path} is not a token shard ({err}); prepare the dataset again") from None
-            start = 8 + size + header["data_offsets"][0]
-            entry = (fd, start, _ST_DTYPES[header["dtype"]], header["shape"][2])
+        fd = self._open.pop(shard, None)
+        if fd is None:
+            fd = os.open(self.root / self.names[shard], os.O_RDONLY)
+            if shard not in self._headers:
+                try:
+                    self._headers[shard] = self._header(shard, fd)
+                except UserError:
+                    os.close(fd)
+                    raise
             if len(self._open) >= self.max_open:
-                os.close(self._open.pop(next(iter(self._open)))[0])
-        self._open[shard] = entry  # most recently used last
-        return entry
+                os.close(self._open.pop(next(iter(self._open))))
+        self._open[shard] = fd  # most recently used last
+        return (fd, *self._headers[shard])
 
     def rows(self, shard: int, offset: int, count: int) -> Tensor:
         """(count, 2, D) tokens from row ``offset`` of a shard, in their stored dtype."""
@@ -330,7 +359,7 @@ class ShardReader:
         return rows
 
     def close(self) -> None:
-        for fd, *_ in self._open.values():
+        for fd in self._open.values():
             os.close(fd)
         self._open.clear()
 
