@@ -3,6 +3,7 @@ equals an uninterrupted run, another command into that folder is refused, the VA
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from imagegen import make_class_folder
 from fitv2.cli import main
 from fitv2.data.dataset import TokenDataset
 from fitv2.data.prepare import prepare
+from fitv2.errors import UserError
 
 ARGS = ["--workers", "1", "--shard-images", "2", "--no-progress"]
 
@@ -167,3 +169,13 @@ def test_the_vae_noise_is_drawn_per_image(images, vae, tmp_path):
     for i in range(a.num_sequences):
         torch.testing.assert_close(a.features(i), b.features(i), atol=2e-3, rtol=0)  # float16 storage of ±1e-7
         assert not torch.equal(a.features(i), c.features(i))
+
+
+def test_shards_without_their_settings_are_not_adopted(images, reference, tmp_path):
+    out = shutil.copytree(reference, tmp_path / "tokens")
+    for name in ("index.json", "prepare.json"):
+        (out / name).unlink()
+    with pytest.raises(UserError, match="holds shards of an unknown prepare"):
+        prepare(images, out, patch_size=4, budget=32, workers=1, shard_images=2, progress=False)
+    prepare(images, out, patch_size=4, budget=32, workers=1, shard_images=2, progress=False, overwrite=True)
+    assert_same_dataset(reference, out)

@@ -19,7 +19,6 @@ there, rank 0 merges their parts into the dataset's records (``index.py``); ``in
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import json
 import os
@@ -109,6 +108,8 @@ def open_run(out: Path, settings: dict[str, Any], env: Env) -> None:
                     f"{out} holds a partly prepared dataset made with other settings ({', '.join(changed)}); "
                     "run the same command to finish it, or pass --overwrite to start afresh"
                 )
+        elif any((out / SHARD_DIR).glob("*.safetensors")):
+            error = f"{out} holds shards of an unknown prepare (no {SETTINGS_FILE}); pass --overwrite to start afresh"
         else:
             save_json(settings, saved)
         for stale in (out / SHARD_DIR).glob(".*.tmp") if error is None else ():
@@ -123,11 +124,13 @@ def pending(out: Path, shards: int) -> list[int]:
 
 
 def remove_dataset(out: Path) -> None:
-    """What ``prepare`` writes in OUT, finished or partly made; anything else there stays."""
-    for name in (INDEX_FILE, "items.jsonl", RECORDS_FILE, IMAGES_FILE, OFFSETS_FILE, SETTINGS_FILE):
+    """What ``prepare`` writes in OUT, finished or partly made; anything else there stays. The
+    settings go last: killed half way, what is left is still refused to another command."""
+    for name in (INDEX_FILE, "items.jsonl", RECORDS_FILE, IMAGES_FILE, OFFSETS_FILE):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / SHARD_DIR, ignore_errors=True)
     shutil.rmtree(out / "text", ignore_errors=True)
+    (out / SETTINGS_FILE).unlink(missing_ok=True)
 
 
 @dataclass
@@ -251,8 +254,8 @@ def run_shards(
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
+        return ctypes.CDLL(None).malloc_trim  # the C library this process runs on
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows)
         return None
 
 
