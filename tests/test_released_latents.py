@@ -8,6 +8,7 @@ import torch
 from imagegen import write_latent
 
 from fitv2.cli import main
+from fitv2.data.autoencoder import PixelSpace
 from fitv2.data.dataset import TokenDataset
 from fitv2.data.prepare import prepare
 from fitv2.errors import ConfigError, UserError
@@ -114,6 +115,8 @@ def test_patch_size_and_budget_come_from_the_files(tmp_path):
         prepare(root, tmp_path / "other", patch_size=2, workers=1, progress=False)
     with pytest.raises(ConfigError, match="--budget 256 disagrees"):
         prepare(root, tmp_path / "other", budget=256, workers=1, progress=False)
+    with pytest.raises(ConfigError, match="SD-VAE latents; the pixel autoencoder cannot decode them"):
+        prepare(root, tmp_path / "other", autoencoder=PixelSpace(), workers=1, progress=False)
     odd = tmp_path / "odd"
     write_latent(odd / "from_16_to_256" / "a.safetensors", 4, 4, 0, torch.float16, 0, token_dim=12)
     with pytest.raises(UserError, match="12 values a token are not p²·4"):

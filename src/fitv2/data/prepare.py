@@ -264,7 +264,14 @@ def prepare(
             raise ConfigError("the released latent folders fix each image's tokens: leave out --min-tokens")
         if text_spec is not None:
             raise ConfigError("the released ImageNet latents have class labels, no captions: leave out --text-encoder")
-        spec = autoencoder if isinstance(autoencoder, dict) else released.released_spec()
+        if autoencoder is None or isinstance(autoencoder, dict):
+            spec = autoencoder or released.released_spec()
+        elif autoencoder.name == "sd-vae":  # a loaded copy of the VAE: its path and factors are recorded
+            spec = {**released.released_spec(), **autoencoder.spec()}
+        else:
+            raise ConfigError(
+                f"the released latents are SD-VAE latents; the {autoencoder.name} autoencoder cannot decode them"
+            )
         plan = _released_plan(source, budget_tokens, spec, patch_size, budget, keep_small, dtype)
     else:
         if isinstance(autoencoder, dict):

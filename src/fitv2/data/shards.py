@@ -14,6 +14,7 @@ per image, and images are batched within a shard), so N processes write what one
 run killed at any moment leaves complete shards only: the same command again makes the missing
 ones. A command with other settings is refused by name rather than mixed in. Once every shard is
 there, rank 0 merges their parts into the dataset's records (``index.py``); ``index.json`` last.
+:class:`ShardReader` reads a sequence's rows back, one ``pread`` each.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ class Shard:
     """One shard being made: its sequences (in order), its kept images and its skips."""
 
     features: list[Tensor] = field(default_factory=list)  # (h·w, 2, D) per sequence
-    sequences: list[tuple[int, int, int, int, int, int]] = field(
-        default_factory=list
-    )  # image, variant, eligible, h, w, label
+    # per sequence: image (within the shard), variant, eligible, h, w, label
+    sequences: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
     images: list[dict[str, str]] = field(default_factory=list)  # {"source", "caption"} per kept image
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
