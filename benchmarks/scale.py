@@ -383,7 +383,7 @@ def report(results: dict, command: str, wall: float) -> str:
         "pack seq/s | pack tok/s | margin (pad) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for budget, r in sorted(loaders.items()):
+    for budget, r in sorted(loaders.items(), key=lambda kv: int(kv[0])):
         ld = r["loader"]
         lines.append(
             f"| {budget} | {r['n']:,} | {r['n'] / r['prepare']['seconds']:,.0f} | {ld['need']['mean_tokens']:.0f} | "
@@ -407,7 +407,7 @@ def report(results: dict, command: str, wall: float) -> str:
             f"{peaks} MiB at {over} images: {slope * 1e5:+.1f} MiB per 100k images between the two largest, "
             f"{last['rss'] + slope * (IMAGENET_IMAGES - last['n']):,.0f} MiB at ImageNet's size if that continued."
         )
-    for budget, r in sorted(loaders.items()):
+    for budget, r in sorted(loaders.items(), key=lambda kv: int(kv[0])):
         rate = r["n"] / r["prepare"]["seconds"]
         lines.append(
             f"- released ImageNet latents, {budget} budget: {rate:,.0f} images/s a rank here → "
