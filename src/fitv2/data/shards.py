@@ -1,7 +1,8 @@
 """A token dataset written in shards of consecutive source items, by any number of processes, resumably.
 
-Source item i (an image, or a released image's latent files) belongs to shard i // K; shard k is
-made by rank k mod world size and written in one piece, to a temporary name renamed once complete:
+Source item i (an image, or a released image's latent files) belongs to shard i // K; the missing
+shards are dealt to the ranks in turn, and each is written in one piece, to a temporary name
+renamed once complete:
 
     OUT/prepare.json                the run's settings, written before any shard
     OUT/shards/NNNNNN.safetensors   "features" (tokens, 2, p²·C): each sequence and its mirror image;
@@ -221,11 +222,11 @@ def run_shards(
     token_dim: int,
     progress: bool = True,
 ) -> int:
-    """Make this rank's missing shards (k mod world size = rank), reading items in ``workers``
+    """Make this rank's share of the missing shards, reading items in ``workers``
     processes; every rank returns the number of shards once all of them are on the disk."""
     shards = -(-job.count // shard_items)
     todo = pending(out, shards)
-    mine = [k for k in todo if k % env.world_size == env.rank]
+    mine = todo[env.rank :: env.world_size]  # the missing shards dealt in turn: equal shares on a resume too
     if env.is_main and progress and len(todo) < shards:
         print(f"resuming {out}: {shards - len(todo)} of {shards} shards already made", flush=True)
     total = sum(len(shard_range(k, shard_items, job.count)) for k in todo)
