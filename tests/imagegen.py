@@ -65,3 +65,20 @@ def add_odd_files(folder: Path, rng_seed: int = 1) -> dict[str, str]:
         "one_pixel.png": "skipped",
         "very_wide.png": "skipped",
     }
+
+
+def write_latent(path: Path, h: int, w: int, label: int, dtype, seed: int, token_dim: int = 16, **override):
+    """One file of the released FiTv2 latent layout: ``feature`` (2, h, w, D) (the image and its mirror),
+    ``grid`` (2, h·w) (column, row), ``size`` (h, w), ``label``; ``override`` replaces any of them.
+    Returns the feature as written."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fitv2.tokens import make_grid
+
+    feature = torch.randn(2, h, w, token_dim, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    tensors = {"feature": feature, "grid": make_grid(h, w), "size": torch.tensor([h, w]), "label": torch.tensor(label)}
+    tensors.update(override)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items() if v is not None}, str(path))
+    return feature

@@ -40,7 +40,8 @@ def test_odd_files_are_kept_or_skipped_by_reason(odd_dataset):
     index = json.loads((root / "tokens" / "index.json").read_text())
     assert index["skipped"] == dict(report.skipped)
     assert index["class_names"] == ["class_0", "class_1"] and index["max_tokens"] == 64
-    sources = {json.loads(line)["source"].split("/")[-1] for line in (root / "tokens" / "items.jsonl").open()}
+    ds = TokenDataset(root / "tokens")
+    sources = {ds.source(g).split("/")[-1] for g in range(len(ds))}
     assert {name for name, outcome in expected.items() if outcome == "kept"} <= sources
 
 
@@ -68,10 +69,11 @@ def test_resize_rule_and_crop():
 def test_stored_tokens_decode_to_the_resized_image(odd_dataset):
     root = odd_dataset[0]
     ds = TokenDataset(root / "tokens")
-    item = next(i for i, it in enumerate(ds.items) if it["source"].endswith("rgba.png") and it["variant"] == "resize")
-    rec = ds.items[item]
+    group = next(g for g in range(len(ds)) if ds.source(g).endswith("rgba.png"))
+    item = ds.variants(group)["resize"]
+    rec = ds.record(item)
     img = unpatchify(ds.features(item)[None], rec["h"], rec["w"], 4)[0]
-    expected = np.asarray(resize_to_budget(load_rgb(rec["source"]), 32, 4)).astype(np.float32) / 127.5 - 1
+    expected = np.asarray(resize_to_budget(load_rgb(ds.source(group)), 32, 4)).astype(np.float32) / 127.5 - 1
     torch.testing.assert_close(img.permute(1, 2, 0), torch.from_numpy(expected), atol=4e-3, rtol=0)
     flipped = unpatchify(ds.features(item, flip=True)[None], rec["h"], rec["w"], 4)[0]
     torch.testing.assert_close(flipped, img.flip(-1))
@@ -95,15 +97,31 @@ def test_loader_modes_and_padding(odd_dataset, mode):
 
 def test_variant_choice_per_mode(odd_dataset):
     ds = TokenDataset(odd_dataset[0] / "tokens")
-    eligible = next(g for g, v in enumerate(ds.groups) if ds.items[v["crop"]]["eligible"])
-    small = next(g for g, v in enumerate(ds.groups) if not ds.items[v["crop"]]["eligible"])
-    crop, resize = ds.groups[eligible]["crop"], ds.groups[eligible]["resize"]
+    groups = [ds.variants(g) for g in range(len(ds))]
+    eligible = next(g for g, v in enumerate(groups) if ds.record(v["crop"])["eligible"])
+    small = next(g for g, v in enumerate(groups) if not ds.record(v["crop"])["eligible"])
+    crop, resize = groups[eligible]["crop"], groups[eligible]["resize"]
     assert ds.variant(eligible, "mixed", coin=True) == crop and ds.variant(eligible, "mixed", coin=False) == resize
     assert ds.variant(eligible, "flexible", coin=True) == resize
     assert ds.variant(eligible, "fixed", coin=False) == crop
     # images not larger than the budget side are never cropped in mixed mode, always in fixed mode
-    assert ds.variant(small, "mixed", coin=True) == ds.groups[small]["resize"]
-    assert ds.variant(small, "fixed", coin=False) == ds.groups[small]["crop"]
+    assert ds.variant(small, "mixed", coin=True) == groups[small]["resize"]
+    assert ds.variant(small, "fixed", coin=False) == groups[small]["crop"]
+
+
+def test_without_hflip_the_loader_never_takes_a_mirror_image(odd_dataset):
+    """--no-hflip (glyphs: a mirrored b is a d): the same draws, every example its unflipped tokens."""
+    ds = TokenDataset(odd_dataset[0] / "tokens")
+    flipped, plain = TokenLoader(ds, batch_size=4, seed=3), TokenLoader(ds, batch_size=4, seed=3, hflip=False)
+    differ = 0
+    for _ in range(2 * plain.batches_per_epoch):
+        a, b = next(flipped), next(plain)
+        assert torch.equal(a.tokens.layout.size, b.tokens.layout.size)  # the same images and variants
+        differ += not torch.equal(a.tokens.x, b.tokens.x)
+        for row, (h, w) in enumerate(b.tokens.layout.size[:, 0].tolist()):
+            tokens = b.tokens.x[row, : h * w]
+            assert any(torch.equal(tokens, ds.features(i)) for i in range(ds.num_sequences))
+    assert differ > 0  # with flips on, some examples were mirrored
 
 
 def test_loader_resume_replays_the_same_batches(odd_dataset):

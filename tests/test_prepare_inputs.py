@@ -10,6 +10,7 @@ from imagegen import make_class_folder, shapes_image
 from PIL import Image, ImageFile
 
 from fitv2.data import images as image_reading
+from fitv2.data.dataset import TokenDataset
 from fitv2.data.images import SkipImage, channel_std, load_rgb
 from fitv2.data.prepare import prepare
 from fitv2.data.sources import list_jsonl
@@ -87,7 +88,8 @@ def test_broken_links_are_counted_and_links_to_images_work(tmp_path):
     (images / "class_1" / "linked.png").symlink_to(images / "class_0" / "img_000.png")
     report = _run(images, tmp_path)
     assert report.images == 5 and report.skipped == {"broken link": 1}
-    sources = [json.loads(line)["source"] for line in (tmp_path / "tokens" / "items.jsonl").open()]
+    ds = TokenDataset(tmp_path / "tokens")
+    sources = [ds.source(g) for g in range(len(ds))]
     assert any(s.endswith("linked.png") for s in sources)
 
 

@@ -42,7 +42,7 @@ def test_prepare_encodes_each_caption_once(text_run):
     encoder = load_text_encoder("minilm")
     longest = max(encoder.token_counts([f"{c} number {i}" for c in CAPTIONS for i in range(4)]))
     assert index.text_len == longest and len(index.text_shards) == 1
-    caption = dataset.items[dataset.groups[5]["resize"]]["caption"]
+    caption = dataset.caption(5)
     features, mask = dataset.text(5)
     expected = encoder.encode([caption], index.text_len)
     torch.testing.assert_close(features, expected.features[0], atol=2e-3, rtol=2e-3)  # stored in float16

@@ -152,11 +152,11 @@ def test_prepare_stores_exactly_the_tokens_the_index_records(vaes, images, tmp_p
         assert features.shape[1:] == (2, index["token_dim"])
         stored += features.shape[0]
     ds = TokenDataset(out)
-    recorded = sum(item["h"] * item["w"] for item in ds.items)
-    assert stored == recorded == report.tokens == index["tokens"]
-    assert all(item["h"] * item["w"] <= index["max_tokens"] for item in ds.items)
-    last = ds.items[-1]
-    assert ds.features(len(ds.items) - 1).shape == (last["h"] * last["w"], index["token_dim"])
+    tokens = ds.records["h"].astype(int) * ds.records["w"]
+    assert stored == tokens.sum() == report.tokens == index["tokens"]
+    assert tokens.max() <= index["max_tokens"]
+    last = ds.record(ds.num_sequences - 1)
+    assert ds.features(ds.num_sequences - 1).shape == (last["h"] * last["w"], index["token_dim"])
 
 
 def test_a_recorded_spec_keeps_its_latent_space(vaes, images, tmp_path):

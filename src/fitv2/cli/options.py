@@ -50,22 +50,31 @@ def check_text_encoder(value: str) -> None:
 @dataclass
 class PrepareOptions(Options):
     source: str = opt(
-        positional=True, help="folder with one sub-folder per class, or a JSONL of {path, label, caption, split}"
+        positional=True,
+        help="folder with one sub-folder per class, a JSONL of {path, label, caption, split}, or a folder of the "
+        "released FiTv2 ImageNet latents (from_16_to_256, greater_than_256_resize, ...)",
     )
     out: str = opt(positional=True, help="output dataset folder")
-    autoencoder: str = opt("pixel", help="'pixel' or a local diffusers AutoencoderKL folder")
-    patch_size: int | None = opt(None, ge=1, help="model patch size (not set: 4 in pixel space, 2 for a VAE)")
+    autoencoder: str = opt(
+        "pixel",
+        help="'pixel' or a local diffusers AutoencoderKL folder (released latents: SD-VAE ft-EMA is recorded; a "
+        "folder given here is recorded as its local copy)",
+    )
+    patch_size: int | None = opt(
+        None, ge=1, help="model patch size (not set: 4 in pixel space, 2 for a VAE, derived for released latents)"
+    )
     budget: int | None = opt(
         None,
         ge=1,
-        help="budget side S in pixels: images are resized to area <= S² (not set: 32 in pixel space, 256 for a VAE)",
+        help="budget side S in pixels: images are resized to area <= S² (not set: 32 in pixel space, 256 for a VAE, "
+        "derived for released latents)",
     )
     split: str | None = opt(None, help="with a JSONL: only rows whose 'split' equals this")
     min_tokens: int | None = opt(None, ge=1, help="skip images with fewer tokens (not set: budget tokens / 16)")
-    workers: int | None = opt(None, ge=1, help="decoding processes (not set: min(4, CPUs))")
-    device: str = opt("cpu", help="device for the autoencoder")
+    workers: int | None = opt(None, ge=1, help="decoding processes per rank (not set: min(4, CPUs / ranks))")
+    device: str = opt("cpu", help="device for the autoencoder (under torchrun, cuda means each rank's own GPU)")
     scaling_factor: float | None = opt(
-        None, gt=0, help="latent scaling factor (not set: the VAE config's scaling_factor)"
+        None, gt=0, help="latent scaling factor (not set: the VAE config's scaling_factor; released: 0.18215)"
     )
     shift_factor: float | None = opt(None, help="latent shift factor (not set: the VAE config's shift_factor, else 0)")
     downsample: int | None = opt(
@@ -79,23 +88,40 @@ class PrepareOptions(Options):
     captions: Literal["caption", "filename"] = opt(
         "caption", help="caption text: a JSONL row's 'caption' (else its file name), or always the file name"
     )
-    overwrite: bool = opt(False, help="replace an existing dataset in OUT")
+    shard_images: int = opt(1000, ge=1, help="source images per shard: the unit of work, of ranks and of resuming")
+    encode_batch: int = opt(32, ge=1, help="images of one size per autoencoder call")
+    seed: int = opt(0, ge=0, help="seed of the VAE's posterior samples (per image: any ranks, any batching)")
+    dtype: Literal["float16", "bfloat16", "float32"] | None = opt(
+        None, help="stored token type (not set: float16; released latents: their own)"
+    )
+    keep_small: bool = opt(False, help="released latents: also the images of fewer than 16 tokens (less_than_16)")
+    overwrite: bool = opt(False, help="replace a dataset, finished or partly made, in OUT")
+    progress: bool = opt(True, help="a progress bar (images/s and time left) on rank 0")
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.text_encoder is not None:
             check_text_encoder(self.text_encoder)
-        if self.autoencoder == "pixel":
-            for name in ("scaling_factor", "shift_factor", "downsample"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(
-                        f"--{name.replace('_', '-')} needs a VAE (--autoencoder DIR); pixel space has none"
-                    )
+
+    def released(self) -> bool:
+        """Whether the source is a folder of released latents (its token budget read from the folder names)."""
+        from ..data.sources import released_budget
+
+        return released_budget(Path(self.source)) is not None
 
     def check_environment(self) -> None:
         check_exists(self.source, "image folder or JSONL file")
         if self.autoencoder != "pixel":
             check_exists(self.autoencoder, "VAE folder")
+        released = self.released()
+        if self.autoencoder == "pixel" and not released:
+            for name in ("scaling_factor", "shift_factor", "downsample"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} needs a VAE (--autoencoder DIR); pixel space has none"
+                    )
+        if self.keep_small and not released:
+            raise ConfigError(f"--keep-small is for released latents; {self.source} is not such a folder")
         check_output_dir(self.out, "OUT")
         if self.text_encoder is not None and self.text_encoder.startswith("clip:"):
             check_exists(self.text_encoder[5:], "CLIP text model folder")

@@ -54,7 +54,13 @@ class PixelSpace:
 
 # The latent space of the released FiT / FiTv2 ImageNet checkpoints and latents: SD-VAE ft-EMA
 # (stabilityai/sd-vae-ft-ema), 4 channels, ×8, latents scaled by 0.18215 (SPEC §4.7, §5.8).
-SD_VAE_FT_EMA: dict = {"name": "sd-vae", "scaling_factor": 0.18215, "shift_factor": 0.0, "downsample": 8}
+SD_VAE_FT_EMA: dict = {
+    "name": "sd-vae",
+    "model": "stabilityai/sd-vae-ft-ema",  # what the released latents were encoded with
+    "scaling_factor": 0.18215,
+    "shift_factor": 0.0,
+    "downsample": 8,
+}
 
 NO_DECODER = (
     "this model's {channels}-channel latents need their autoencoder to become images, and none is at hand: "
@@ -193,9 +199,17 @@ class DiffusersVAE:
         )
 
     @torch.no_grad()
-    def encode(self, images: Tensor) -> Tensor:
+    def encode(self, images: Tensor, generators: list[torch.Generator] | None = None) -> Tensor:
+        """Latents of (B, 3, H, W) images; ``generators``: one per image for its posterior sample, so
+        that an image's latents do not depend on the images encoded with it (else the global RNG)."""
         dist = self.vae.encode(images.to(self.device)).latent_dist
-        z = dist.sample() if self.sample else dist.mean
+        if self.sample and generators is not None:
+            if len(generators) != len(images):
+                raise ValueError(f"{len(generators)} generators for {len(images)} images")
+            noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators])
+            z = dist.mean + dist.std * noise.to(dist.mean)
+        else:
+            z = dist.sample() if self.sample else dist.mean
         (H, W), (h, w), f = images.shape[-2:], z.shape[-2:], self.downsample
         if abs(h * f - H) >= f or abs(w * f - W) >= f:  # floor or ceil of H/f are both a ×f grid
             raise self._mismatch((H, W), (h, w))

@@ -16,42 +16,61 @@ batch is the same as in one process; rank r takes every world-size-th example of
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..seeds import generator
 from ..text import TextFeatures
 from ..tokens import TokenBatch, first_fit_rows, pack_sequences, pad_sequences
-from .index import TEXT_PER_SHARD, DatasetIndex
+from .index import TEXT_PER_SHARD, VARIANTS, DatasetIndex, ImageTable, group_starts, load_records
+from .shards import ShardReader
 
 MODES = ("mixed", "flexible", "fixed")
 BATCHINGS = ("pad", "pack", "flat")
 
 
 class TokenDataset:
-    """A folder written by ``fitv2 prepare``: one group per source image, 1–2 variants each."""
+    """A folder written by ``fitv2 prepare``: one group per source image, 1–2 sequences each
+    (its resize variant, then its centre crop)::
 
-    def __init__(self, root: str | Path):
+        ds = TokenDataset("runs/in1k_256")
+        len(ds), ds.num_sequences      # images, stored sequences
+        ds.record(i)                   # sequence i: group, variant, eligible, h, w, label, shard, offset
+        ds.features(i, flip=False)     # its tokens (h·w, p²·C) float32, or those of its mirror image
+        ds.variants(g)                 # image g's sequences: {"resize": i, "crop": j}
+        ds.source(g), ds.caption(g)    # image g's file and caption, read from disk when asked
+
+    The per-sequence fields are one numpy array (``ds.records``, 22 bytes a sequence) and the
+    images' first sequences another (4 bytes an image), loaded in one read (or memory-mapped with
+    ``mmap=True``); no Python object is kept per sequence or image.
+    """
+
+    def __init__(self, root: str | Path, mmap: bool = False):
         self.root = Path(root)
         self.index = DatasetIndex.load(self.root)
         self.meta = self.index.to_dict()  # the same fields as a plain dict
-        self.items = [json.loads(line) for line in (self.root / "items.jsonl").read_text().splitlines() if line]
-        groups: dict[int, dict[str, int]] = {}
-        for i, item in enumerate(self.items):
-            groups.setdefault(item["group"], {})[item["variant"]] = i
-        self.groups = [groups[g] for g in sorted(groups)]
-        self._handles: dict[int, Any] = {}  # shard -> open safetensors file
+        self.records = load_records(self.root, self.index, mmap)
+        self.starts = group_starts(self.records)  # (images + 1,): image g is sequences starts[g] .. starts[g+1] − 1
+        if len(self.records) and self.records["variant"][self.starts[:-1]].any():
+            raise UserError(f"{self.root}: an image without its resize variant; prepare the dataset again")
+        self._shards = ShardReader(self.root, self.index.shards)
+        self._images = ImageTable(self.root, self.index)
+        self._lengths: dict[str, np.ndarray] = {}
         self._text_handles: dict[str, Any] = {}
 
     def __len__(self) -> int:
-        return len(self.groups)
+        return len(self.starts) - 1
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.records)
 
     @property
     def patch_size(self) -> int:
@@ -69,15 +88,35 @@ class TokenDataset:
     def class_names(self) -> list[str]:
         return self.index.class_names
 
+    def record(self, item: int) -> dict[str, Any]:
+        """Sequence ``item``'s fields as plain Python values."""
+        rec = self.records[item]
+        return {
+            "group": int(rec["group"]),
+            "variant": VARIANTS[int(rec["variant"])],
+            "eligible": bool(rec["eligible"]),
+            "h": int(rec["h"]),
+            "w": int(rec["w"]),
+            "label": int(rec["label"]),
+            "shard": int(rec["shard"]),
+            "offset": int(rec["offset"]),
+        }
+
     def features(self, item: int, flip: bool = False) -> Tensor:
         """Tokens (h·w, D) float32 of a stored sequence (or of its mirror image)."""
-        rec = self.items[item]
-        shard = rec["shard"]
-        if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.root / self.index.shards[shard]), framework="pt")
-        n = rec["h"] * rec["w"]
-        rows = self._handles[shard].get_slice("features")[rec["offset"] : rec["offset"] + n]
+        rec = self.records[item]
+        rows = self._shards.rows(int(rec["shard"]), int(rec["offset"]), int(rec["h"]) * int(rec["w"]))
         return rows[:, int(flip)].float()
+
+    def variants(self, group: int) -> dict[str, int]:
+        """The sequences of image ``group`` by variant name."""
+        return {VARIANTS[int(self.records["variant"][i])]: i for i in range(self.starts[group], self.starts[group + 1])}
+
+    def source(self, group: int) -> str:
+        return self._images[group]["source"]
+
+    def caption(self, group: int) -> str:
+        return self._images[group]["caption"]
 
     @property
     def text_len(self) -> int:
@@ -102,22 +141,37 @@ class TokenDataset:
         f = self._text_file("text/null.safetensors")
         return f.get_tensor("features").float(), f.get_tensor("mask").bool()
 
+    def pick(self, groups: np.ndarray, mode: str, coins: np.ndarray | None = None) -> np.ndarray:
+        """The sequence each image of ``groups`` contributes in ``mode``; ``coins`` (bool, one per
+        image) choose the crop in mixed mode, where the image has an eligible one."""
+        first = self.starts[groups].astype(np.int64)
+        has_crop = self.starts[np.asarray(groups) + 1] - first > 1
+        if mode == "fixed":
+            use_crop = has_crop
+        elif mode == "mixed" and coins is not None:
+            crop = np.minimum(first + 1, max(len(self.records) - 1, 0))
+            use_crop = has_crop & np.asarray(coins, bool) & (self.records["eligible"][crop] > 0)
+        else:
+            use_crop = np.zeros(len(first), bool)
+        return first + use_crop
+
     def variant(self, group: int, mode: str, coin: bool) -> int:
         """Item index used for ``group`` in ``mode``; ``coin`` picks the crop in mixed mode."""
-        g = self.groups[group]
-        if mode == "fixed":
-            return g["crop"] if "crop" in g else g["resize"]
-        if mode == "mixed" and coin and "crop" in g and self.items[g["crop"]]["eligible"]:
-            return g["crop"]
-        return g["resize"]
+        return int(self.pick(np.array([group]), mode, np.array([coin]))[0])
+
+    def lengths(self, mode: str) -> np.ndarray:
+        """Token count of every image's typical example in a mode (no crop in mixed mode), for bucketing."""
+        if mode not in self._lengths:
+            rec = self.records[self.pick(np.arange(len(self)), mode)]
+            self._lengths[mode] = rec["h"].astype(np.int32) * rec["w"]
+        return self._lengths[mode]
 
     def length(self, group: int, mode: str) -> int:
-        """Token count of the group's (typical) example in a mode, for bucketing."""
-        rec = self.items[self.variant(group, mode, coin=False)]
-        return rec["h"] * rec["w"]
+        return int(self.lengths(mode)[group])
 
-    def labels(self) -> list[int]:
-        return [self.items[g["resize"]]["label"] for g in self.groups]
+    def labels(self) -> np.ndarray:
+        """The class of every image."""
+        return self.records["label"][self.starts[:-1]]
 
 
 @dataclass
@@ -171,7 +225,7 @@ class TokenLoader:
         self.hflip = hflip  # off: never the mirror image (glyphs: a mirrored b is a d)
         self.epoch = 0
         self.batch_index = 0
-        self._order: list[list[int]] | None = None
+        self._order: np.ndarray | None = None  # (batches, batch_size) image ids of the epoch
 
     @property
     def batches_per_epoch(self) -> int:
@@ -184,21 +238,19 @@ class TokenLoader:
         self.epoch, self.batch_index = int(state["epoch"]), int(state["batch_index"])
         self._order = None
 
-    def _epoch_batches(self) -> list[list[int]]:
+    def _epoch_batches(self) -> np.ndarray:
         g = generator(self.seed, self.epoch)
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
         n = self.batches_per_epoch * self.batch_size
-        perm = perm[:n]
+        perm = torch.randperm(len(self.dataset), generator=g).numpy()[:n]
         if self.bucket > 1:  # sort chunks by length so batches pad less, then shuffle batch order
             chunk = self.bucket * self.batch_size
-            perm = [
-                i
-                for s in range(0, n, chunk)
-                for i in sorted(perm[s : s + chunk], key=lambda j: self.dataset.length(j, self.mode))
-            ]
-        batches = [perm[s : s + self.batch_size] for s in range(0, n, self.batch_size)]
+            lengths = self.dataset.lengths(self.mode)
+            perm = np.concatenate(
+                [part[np.argsort(lengths[part], kind="stable")] for part in np.split(perm, range(chunk, n, chunk))]
+            )
+        batches = perm.reshape(-1, self.batch_size)
         if self.bucket > 1:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+            batches = batches[torch.randperm(len(batches), generator=g).numpy()]
         return batches
 
     def __iter__(self):
@@ -212,28 +264,28 @@ class TokenLoader:
             self._order = self._epoch_batches()
         groups = self._order[self.batch_index]
         g = generator(self.seed, self.epoch, self.batch_index)
-        coins = torch.rand(len(groups), 2, generator=g) < 0.5  # (crop?, flip?) per example
+        coins = (torch.rand(len(groups), 2, generator=g) < 0.5).numpy()  # (crop?, flip?) per example
         self.batch_index += 1
-        mine = list(range(self.rank, len(groups), self.world_size))
-        items, labels, texts = [], [], []
+        mine = np.arange(self.rank, len(groups), self.world_size)
+        items = self.dataset.pick(groups[mine], self.mode, coins[mine, 0])
+        rec = self.dataset.records[items]
+        hs, ws = rec["h"].tolist(), rec["w"].tolist()
+        examples = [
+            (self.dataset.features(i, self.hflip and flip), h, w)
+            for i, flip, h, w in zip(items.tolist(), coins[mine, 1].tolist(), hs, ws)
+        ]
         M = self.dataset.text_len
-        for i in mine:
-            item = self.dataset.variant(groups[i], self.mode, bool(coins[i, 0]))
-            rec = self.dataset.items[item]
-            items.append((self.dataset.features(item, self.hflip and bool(coins[i, 1])), rec["h"], rec["w"]))
-            labels.append(rec["label"])
-            if M:
-                texts.append(self.dataset.text(groups[i]))
-        labels_t, ids_t = torch.tensor(labels), torch.tensor(mine)
+        texts = [self.dataset.text(int(groups[i])) for i in mine] if M else []
+        labels_t, ids_t = torch.from_numpy(rec["label"].astype(np.int64)), torch.from_numpy(mine.astype(np.int64))
         text = TextFeatures(torch.stack([f for f, _ in texts]), torch.stack([m for _, m in texts])) if M else None
         if self.batching == "pad":
-            return Batch(pad_sequences(items, text_len=M), labels_t, ids_t, len(items), text)
+            return Batch(pad_sequences(examples, text_len=M), labels_t, ids_t, len(examples), text)
         if self.batching == "flat":  # one row holding the whole batch, exactly as long as its tokens
-            rows = [list(range(len(items)))]
-            packed = pack_sequences(items, rows, text_len=M)
+            rows = [list(range(len(examples)))]
+            packed = pack_sequences(examples, rows, text_len=M)
         else:
-            rows = first_fit_rows([h * w + M for _, h, w in items], self.row_length)
-            packed = pack_sequences(items, rows, length=self.row_length, text_len=M)
+            rows = first_fit_rows([h * w + M for h, w in zip(hs, ws)], self.row_length)
+            packed = pack_sequences(examples, rows, length=self.row_length, text_len=M)
         n = packed.layout.images_per_row
 
         def by_row(values: Tensor, fill: int = 0) -> Tensor:
@@ -244,4 +296,4 @@ class TokenLoader:
             return out
 
         row_text = TextFeatures(by_row(text.features), by_row(text.mask)) if text is not None else None
-        return Batch(packed, by_row(labels_t), by_row(ids_t, -1), len(items), row_text)
+        return Batch(packed, by_row(labels_t), by_row(ids_t, -1), len(examples), row_text)

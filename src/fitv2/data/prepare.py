@@ -1,43 +1,48 @@
-"""Images -> token dataset at native resolution and aspect ratio (FiTv2 §5, Algorithm 1).
+"""Sources -> token dataset at native resolution and aspect ratio (FiTv2 §5).
 
-Every image is resized to fit a token budget keeping its aspect ratio (area ≤ S², sides
-floored to multiples of patch × autoencoder down-sampling, never up-sampled) and also
-centre-cropped to S × S (ADM's ``center_crop_arr``); the crop is marked *eligible* for
-FiTv2's mixed preprocessing when both sides exceed S. Each variant and its horizontal flip
-go through the autoencoder and are stored as token sequences in safetensors shards:
+Two kinds of source:
 
-    OUT/index.json          dataset metadata (autoencoder, patch size, budget, classes, skips)
-    OUT/items.jsonl         one line per stored sequence: shard, offset, h, w, label, variant...
-    OUT/shards/NNNNN.safetensors   "features": (tokens, 2, p²·C) float16, [image, flipped image]
+* an image folder (class sub-folders) or a JSONL list: every image is resized to the budget and
+  centre-cropped, and both variants and their mirror images are encoded (``encode.py``);
+* a folder of the released FiTv2 ImageNet latents (``from_16_to_256`` ...): its files are
+  converted as they are, without re-encoding (``released.py``).
+
+Either way the work is cut into shards of ``shard_images`` consecutive sources, made by torchrun's
+ranks in turn and resumable after a kill (``shards.py``); rank 0 then joins them into the compact
+index (``index.py``), encodes the captions if asked, and writes ``index.json`` last.
 
 Unreadable, degenerate, too large (checked from the header, before decoding) and missing files
 are skipped, counted by reason and never stop the run; a source with no usable image at all is
-an error, and nothing is written.
+an error, and nothing is left in OUT.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from multiprocessing import Pool
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..checkpoint import save_tensors
+from ..distributed import Env, barrier, broadcast_object
 from ..errors import ConfigError, MissingFileError, UserError
 from ..text import TextEncoder, load_text_encoder, parse_text_encoder
-from ..tokens import patchify
+from . import released
 from .autoencoder import Autoencoder, PixelSpace
-from .images import SkipImage, center_crop, channel_std, load_rgb, resize_to_budget
-from .index import TEXT_PER_SHARD, DatasetIndex
-from .sources import caption_from_name, list_folder, list_jsonl
+from .encode import BatchEncoder, decode
+from .index import DTYPES, INDEX_FILE, TEXT_PER_SHARD, DatasetIndex
+from .shards import Shard, ShardJob, merge, open_run, remove_dataset, run_shards, shard_name
+from .sources import Listing, ReleasedListing, list_jsonl, released_budget
+
+CAPTION_SOURCES = ("caption", "filename")
 
 
 @dataclass
@@ -47,81 +52,6 @@ class PrepareReport:
     tokens: int = 0
     skipped: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _variants(args: tuple[Path, int, int, int, float]) -> tuple[list[tuple[str, bool, np.ndarray]], str | None, str]:
-    """Worker: load one file; its (variant, eligible, uint8 HWC) arrays, or a skip reason and detail."""
-    path, side, unit, min_tokens, min_std = args
-    try:
-        img = load_rgb(path)
-        if min(img.size) < 2:
-            raise SkipImage("degenerate size")
-        if float(channel_std(img).max()) < min_std:
-            raise SkipImage("blank (uniform colour)")
-        resized = resize_to_budget(img, side, unit)
-        if (resized.size[0] // unit) * (resized.size[1] // unit) < min_tokens:
-            raise SkipImage("too few tokens")
-        w, h = img.size
-        crop = np.asarray(center_crop(img, side))
-        return [("resize", True, np.asarray(resized)), ("crop", w > side and h > side, crop)], None, ""
-    except SkipImage as skip:
-        return [], skip.reason, skip.detail
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-class ShardWriter:
-    def __init__(self, out: Path, shard_tokens: int):
-        self.out = out
-        self.shard_tokens = shard_tokens
-        self.buffer: list[torch.Tensor] = []
-        self.fill = 0
-        self.names: list[str] = []
-
-    def add(self, features: torch.Tensor) -> tuple[int, int]:
-        """Queue (tokens, 2, D); returns (shard index, offset)."""
-        where = (len(self.names), self.fill)
-        self.buffer.append(features)
-        self.fill += features.shape[0]
-        if self.fill >= self.shard_tokens:
-            self.flush()
-        return where
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        name = f"shards/{len(self.names):05d}.safetensors"
-        (self.out / "shards").mkdir(parents=True, exist_ok=True)  # not before: a failed run leaves no dataset
-        save_tensors({"features": torch.cat(self.buffer)}, self.out / name)
-        self.names.append(name)
-        self.buffer, self.fill = [], 0
-
-
-def encode_pair(image: np.ndarray, autoencoder: Autoencoder, patch_size: int) -> tuple[torch.Tensor, int, int]:
-    """uint8 (H, W, 3) -> tokens (h·w, 2, p²·C) of the image and its horizontal flip, and (h, w).
-
-    The token grid is that of the latents the autoencoder returned, checked against its
-    declared down-sampling: what is stored and what the index records cannot disagree."""
-    x = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
-    pair = torch.stack([x, x.flip(-1)])
-    latents = autoencoder.encode(pair)
-    (H, W), (lh, lw), f = image.shape[:2], latents.shape[-2:], autoencoder.downsample
-    if (lh * f, lw * f) != (H, W):
-        raise UserError(
-            f"the {autoencoder.name} autoencoder encoded {H}x{W} pixels to {lh}x{lw} latents "
-            f"(×{H / max(lh, 1):g} down-sampling), not the {H // f}x{W // f} of its declared ×{f}"
-        )
-    if latents.shape[1] != autoencoder.channels:
-        raise ValueError(
-            f"the {autoencoder.name} autoencoder returned {latents.shape[1]} channels, "
-            f"not its declared {autoencoder.channels}"
-        )
-    tokens = patchify(latents.float().cpu(), patch_size).permute(1, 0, 2).to(torch.float16)  # (N, 2, D)
-    return tokens, lh // patch_size, lw // patch_size
-
-
-CAPTION_SOURCES = ("caption", "filename")
 
 
 def write_text(out: Path, encoder: TextEncoder | None, captions: list[str], progress: bool) -> dict:
@@ -154,39 +84,29 @@ def _count(name: str, value, low: int = 1) -> int:
     return int(value)
 
 
-def _skip_summary(report: PrepareReport) -> str:
-    return ", ".join(f"{n} {reason}" for reason, n in report.skipped.most_common())
+def _skip_summary(skipped: Counter) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
 
 
-def prepare(
-    source: str | Path,
-    out: str | Path,
-    *,
-    autoencoder: Autoencoder | None = None,
-    patch_size: int = 4,
-    budget: int = 32,
-    split: str | None = None,
-    min_tokens: int | None = None,
-    min_std: float = 1.0,
-    workers: int | None = None,
-    shard_tokens: int = 1 << 20,
-    progress: bool = True,
-    text_encoder: str | dict | None = None,
-    captions: str = "caption",
-) -> PrepareReport:
-    """Build a token dataset from an image folder (class sub-folders) or a JSONL list.
+def _digest(lines) -> str:
+    """A fingerprint of the source listing: a resumed run must see the same files in the same order."""
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()[:16]
 
-    min_std: images whose every channel varies less than this (in 0..255 levels) are blank.
-    text_encoder: 'minilm' or 'clip:PATH' encodes every kept image's caption once into
-    ``text/`` (for the text-to-image model). captions: 'caption' (a JSONL row's caption, else
-    the file name) or 'filename' (always the file name, as for a class folder)."""
-    source, out = Path(source), Path(out)
-    autoencoder = autoencoder or PixelSpace()
-    patch_size, budget = _count("patch_size", patch_size), _count("budget", budget)
-    shard_tokens = _count("shard_tokens", shard_tokens)
-    workers = _count("workers", workers) if workers is not None else min(4, os.cpu_count() or 1)
-    if isinstance(min_std, bool) or not isinstance(min_std, Real) or not 0 <= min_std < math.inf:
-        raise ConfigError(f"min_std must be a number >= 0; got {min_std!r}")
+
+@dataclass
+class _Plan:
+    """What a kind of source contributes to a run: its shard job and the index fields it fixes."""
+
+    job: ShardJob
+    settings: dict[str, Any]
+    fields: dict[str, Any]
+    dtype: str
+
+
+def _images_plan(source, autoencoder, patch_size, budget, split, min_tokens, min_std, captions, batch, seed, dtype):
     unit = patch_size * autoencoder.downsample
     if budget % unit:
         raise ConfigError(
@@ -200,66 +120,56 @@ def prepare(
             f"min_tokens {min_tokens} exceeds the {max_tokens} tokens of the budget "
             f"({budget} px / {unit} = {budget // unit} per side): every image would be skipped"
         )
-    if captions not in CAPTION_SOURCES:
-        raise ConfigError(f"captions must be one of {', '.join(CAPTION_SOURCES)}; got {captions!r}")
-    text_spec = parse_text_encoder(text_encoder) if text_encoder is not None else None
     if source.is_dir():
-        sources, classes = list_folder(source, broken_links=True)
+        listing = Listing.of_folder(source, broken_links=True)
     elif source.is_file():
-        sources, classes = list_jsonl(source, split)
+        listing = Listing.of_sources(*list_jsonl(source, split))
     else:
         raise MissingFileError(f"no such image folder or JSONL file: {source}")
     if captions == "filename":
-        sources = [replace(s, caption=caption_from_name(s.path)) for s in sources]
-    encoder = load_text_encoder(text_spec) if text_spec is not None else None  # before hours of encoding
-    writer = ShardWriter(out, shard_tokens)
-    report = PrepareReport()
-    items = []
-    captions = []  # one per kept image, in group order
-    jobs = [(s.path, budget, unit, min_tokens, min_std) for s in sources]
-    with Pool(workers) if workers > 1 else _InProcess() as pool:
-        results = pool.imap(_variants, jobs, chunksize=8)
-        bar = tqdm(zip(sources, results), total=len(sources), desc="prepare", unit="img", disable=not progress)
-        for src, (variants, reason, detail) in bar:
+        listing.captions = None  # from the file names, as for a class folder
+    dtype = dtype or "float16"
+    stored = getattr(torch, dtype)
+
+    def build(k: int, first: int, results: Iterator) -> Shard:
+        shard, encoder, kept = Shard(), BatchEncoder(autoencoder, patch_size, batch, seed, stored), []
+        for i, (variants, reason, detail) in enumerate(results, start=first):
+            src = listing[i]
             if reason is not None:
-                report.skipped[reason] += 1
-                report.examples.setdefault(reason, []).append(f"{src.path} ({detail})" if detail else str(src.path))
+                shard.skip(reason, f"{src.path} ({detail})" if detail else str(src.path))
                 continue
-            for variant, eligible, image in variants:
-                features, h, w = encode_pair(image, autoencoder, patch_size)
-                shard, offset = writer.add(features)
-                items.append(
-                    dict(
-                        group=report.images,
-                        variant=variant,
-                        eligible=eligible,
-                        shard=shard,
-                        offset=offset,
-                        h=h,
-                        w=w,
-                        label=src.label,
-                        caption=src.caption,
-                        source=str(src.path),
-                    )
-                )
-                report.sequences += 1
-                report.tokens += h * w
-            captions.append(src.caption)
-            report.images += 1
-            if report.images % 100 == 0:
-                bar.set_postfix(kept=report.images, skipped=sum(report.skipped.values()), refresh=False)
-    if report.images == 0:
-        raise UserError(
-            f"no usable images in {source}: all {len(sources)} files were skipped "
-            f"({_skip_summary(report)}); nothing was written"
-        )
-    text = write_text(out, encoder, captions, progress)
-    writer.flush()
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "items.jsonl", "w") as f:
-        for item in items:
-            f.write(json.dumps(item) + "\n")
-    DatasetIndex(
+            image = len(shard.images)
+            shard.images.append({"source": str(src.path), "caption": src.caption})
+            for v, (eligible, pixels) in enumerate(variants):
+                encoder.add((image, v), pixels, (i, v))
+                kept.append((image, v, eligible, src.label))
+        done = encoder.flush()
+        for image, v, eligible, label in kept:
+            tokens, h, w = done[(image, v)]
+            shard.features.append(tokens)
+            shard.sequences.append((image, v, int(eligible), h, w, label))
+        return shard
+
+    job = ShardJob(
+        len(listing),
+        lambda i: (Path(listing.paths[i]), budget, unit, min_tokens, min_std),
+        decode,
+        build,
+    )
+    lines = (f"{listing.paths[i]}\t{listing.labels[i]}" for i in range(len(listing)))
+    settings = dict(
+        kind="images",
+        listing=_digest(lines),
+        autoencoder=autoencoder.spec(),
+        patch_size=patch_size,
+        budget=budget,
+        min_tokens=min_tokens,
+        min_std=min_std,
+        split=split,
+        captions=captions,
+        seed=seed,
+    )
+    fields = dict(
         autoencoder=autoencoder.spec(),
         patch_size=patch_size,
         channels=autoencoder.channels,
@@ -267,29 +177,177 @@ def prepare(
         token_dim=patch_size**2 * autoencoder.channels,
         budget=budget,
         max_tokens=max_tokens,
-        num_classes=len(classes),
-        class_names=classes,
-        shards=writer.names,
-        images=report.images,
-        sequences=report.sequences,
-        tokens=report.tokens,
-        skipped=dict(report.skipped),
-        skipped_examples={k: v[:5] for k, v in report.examples.items()},
-        source=str(source),
-        split=split,
-        **text,
-    ).save(out)
+        num_classes=len(listing.classes),
+        class_names=listing.classes,
+        source_kind="images",
+    )
+    return _Plan(job, settings, fields, dtype)
+
+
+def _released_plan(source, budget_tokens, spec, patch_size, budget, keep_small, dtype):
+    listing = ReleasedListing(source, budget_tokens, keep_small)
+    token_dim, first_dtype = released.probe(source, listing)
+    p = released.check_given("patch-size", patch_size, released.derive_patch_size(token_dim), f"{token_dim} = p²·4")
+    side = released.derive_budget(budget_tokens, p, spec["downsample"])
+    released.check_given("budget", budget, side, f"{budget_tokens} tokens of {p}×{p} ×{spec['downsample']} latents")
+    job = ShardJob(
+        len(listing),
+        lambda i: (source, listing[i], token_dim, budget_tokens),
+        released.read_item,
+        lambda k, first, results: released.build_shard(first, results, listing),
+    )
+    names = (f"{listing.flags[i]}\t{listing.names[i]}" for i in range(len(listing)))
+    settings = dict(kind="released", listing=_digest(names), autoencoder=spec, keep_small=keep_small)
+    fields = dict(
+        autoencoder=spec,
+        patch_size=p,
+        channels=released.CHANNELS,
+        downsample=spec["downsample"],
+        token_dim=token_dim,
+        budget=side,
+        max_tokens=budget_tokens,
+        source_kind="released",
+    )
+    return _Plan(job, settings, fields, dtype or first_dtype)
+
+
+def prepare(
+    source: str | Path,
+    out: str | Path,
+    *,
+    autoencoder: Autoencoder | dict | None = None,
+    patch_size: int | None = None,
+    budget: int | None = None,
+    split: str | None = None,
+    min_tokens: int | None = None,
+    min_std: float = 1.0,
+    workers: int | None = None,
+    shard_images: int = 1000,
+    encode_batch: int = 32,
+    seed: int = 0,
+    dtype: str | None = None,
+    keep_small: bool = False,
+    progress: bool = True,
+    text_encoder: str | dict | None = None,
+    captions: str = "caption",
+    overwrite: bool = False,
+    env: Env | None = None,
+) -> PrepareReport:
+    """Build a token dataset from an image folder (class sub-folders), a JSONL list, or a folder of
+    released FiTv2 latents; under torchrun every rank calls it (``env``) and makes its share.
+
+    autoencoder: for images, the one that encodes them (pixel space if None); for released latents,
+    the spec to record (SD-VAE ft-EMA if None, see ``released.released_spec``). patch_size, budget:
+    for images 4 and 32 px if None; for released latents derived from the files (a given value must
+    agree). min_std: images whose every channel varies less than this (in 0..255 levels) are blank.
+    shard_images: sources per shard, the unit of work and of resumption. encode_batch: images of one
+    size per autoencoder call. seed: of the autoencoder's posterior samples. dtype: of the stored
+    tokens (float16 for images, the released files' own if None). keep_small: also the released
+    ``less_than_16`` images. text_encoder: 'minilm' or 'clip:PATH' encodes every kept image's
+    caption once into ``text/`` (text-to-image). captions: 'caption' (a JSONL row's caption, else
+    the file name) or 'filename'. overwrite: remove a dataset (finished or partial) in OUT first."""
+    source, out, env = Path(source), Path(out), env or Env()
+    shard_images, encode_batch = _count("shard_images", shard_images), _count("encode_batch", encode_batch)
+    seed = _count("seed", seed, low=0)
+    world = env.world_size
+    workers = _count("workers", workers) if workers is not None else max(1, min(4, (os.cpu_count() or 1) // world))
+    if isinstance(min_std, bool) or not isinstance(min_std, Real) or not 0 <= min_std < math.inf:
+        raise ConfigError(f"min_std must be a number >= 0; got {min_std!r}")
+    if captions not in CAPTION_SOURCES:
+        raise ConfigError(f"captions must be one of {', '.join(CAPTION_SOURCES)}; got {captions!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    text_spec = parse_text_encoder(text_encoder) if text_encoder is not None else None
+    budget_tokens = released_budget(source)
+    if budget_tokens is not None:
+        if min_tokens is not None:
+            raise ConfigError("the released latent folders fix each image's tokens: leave out --min-tokens")
+        if text_spec is not None:
+            raise ConfigError("the released ImageNet latents have class labels, no captions: leave out --text-encoder")
+        if autoencoder is None or isinstance(autoencoder, dict):
+            spec = autoencoder or released.released_spec()
+        elif autoencoder.name == "sd-vae":  # a loaded copy of the VAE: its path and factors are recorded
+            spec = {**released.released_spec(), **autoencoder.spec()}
+        else:
+            raise ConfigError(
+                f"the released latents are SD-VAE latents; the {autoencoder.name} autoencoder cannot decode them"
+            )
+        plan = _released_plan(source, budget_tokens, spec, patch_size, budget, keep_small, dtype)
+    else:
+        if isinstance(autoencoder, dict):
+            raise ConfigError(f"{source} is not a folder of released latents: pass an autoencoder, not a spec")
+        ae = autoencoder or PixelSpace()
+        p = _count("patch_size", patch_size if patch_size is not None else 4)
+        side = _count("budget", budget if budget is not None else 32)
+        plan = _images_plan(source, ae, p, side, split, min_tokens, min_std, captions, encode_batch, seed, dtype)
+    settings = {
+        **plan.settings,
+        "source": str(source.resolve()),
+        "shard_images": shard_images,
+        "dtype": plan.dtype,
+        "text_encoder": text_spec,
+    }
+    encoder = load_text_encoder(text_spec) if text_spec is not None else None  # before hours of encoding
+    if (out / INDEX_FILE).exists() and not overwrite:
+        raise UserError(f"{out} already holds a token dataset; choose another OUT or pass --overwrite")
+    created = not out.exists()
+    if env.is_main and overwrite:
+        remove_dataset(out)
+    barrier(env)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(env)
+    open_run(out, settings, env)
+    torch_dtype = getattr(torch, plan.dtype)
+    threads = torch.get_num_threads()
+    if plan.fields["autoencoder"]["name"] == "pixel" or plan.settings["kind"] == "released":
+        torch.set_num_threads(1)  # only tiny tensor copies here: threads would wait on each other (and on workers)
+    try:
+        shards = run_shards(out, plan.job, env, shard_images, workers, torch_dtype, plan.fields["token_dim"], progress)
+    except UserError:
+        if env.is_main and not any((out / shard_name(k)).exists() for k in range(1 + plan.job.count // shard_images)):
+            _remove(out, created)  # nothing was made: leave no trace of a run that cannot work
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    report = PrepareReport()
+    error = None
+    if env.is_main:
+        merged = merge(out, shards, keep_captions=encoder is not None)
+        report = PrepareReport(merged.images, merged.sequences, merged.tokens, merged.skipped, merged.examples)
+        if merged.images == 0:
+            error = (
+                f"no usable images in {source}: all {plan.job.count} files were skipped "
+                f"({_skip_summary(merged.skipped)}); nothing was written"
+            )
+            _remove(out, created)
+        else:
+            fields = dict(plan.fields)
+            if plan.settings["kind"] == "released":  # class names are not released: the labels seen
+                fields["num_classes"] = merged.max_label + 1
+                fields["class_names"] = [str(c) for c in range(merged.max_label + 1)]
+            text = write_text(out, encoder, merged.captions or [], progress)
+            DatasetIndex(
+                **fields,
+                shards=[shard_name(k) for k in range(shards)],
+                images=merged.images,
+                sequences=merged.sequences,
+                tokens=merged.tokens,
+                skipped=dict(merged.skipped),
+                skipped_examples=merged.examples,
+                source=str(source),
+                split=split,
+                dtype=plan.dtype,
+                **text,
+            ).save(out)
+    error = broadcast_object(env, error)
+    if error:
+        raise UserError(error)
+    barrier(env)
     return report
 
 
-class _InProcess:
-    """Stand-in for a Pool when running single-process (tests, debugging)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def imap(self, fn, jobs, chunksize: int = 1):
-        return map(fn, jobs)
+def _remove(out: Path, created: bool) -> None:
+    remove_dataset(out)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
