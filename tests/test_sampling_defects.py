@@ -324,9 +324,24 @@ def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
 
 @pytest.mark.slow
 def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
-    from fitv2.cli.demo import DemoConfig, run_demo
+    # a few glyphs of every class (the embedded files, listed by absolute path) keep the demo's data quick
+    import json
 
-    cfg = DemoConfig(out=str(tmp_path / "demo"), minutes=0.002, steps=2, classifier_minutes=0.01, recognise_per_class=1)
+    from fitv2.cli.demo import GLYPHS, DemoConfig, run_demo
+
+    rows, seen = [], {}
+    for line in (GLYPHS / "metadata.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        key = (row["label"], row["split"])
+        if row["split"] in ("train", "test") and seen.get(key, 0) < 2:
+            seen[key] = seen.get(key, 0) + 1
+            rows.append({**row, "path": str(GLYPHS / row["path"])})
+    (tmp_path / "glyphs").mkdir()
+    (tmp_path / "glyphs" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DemoConfig(
+        data=str(tmp_path / "glyphs"), out=str(tmp_path / "demo"), minutes=0.002, steps=2, preset="FiTv2-Micro/4"
+    )
+    cfg.classifier_minutes, cfg.recognise_per_class = 0.01, 1
     out = run_demo(cfg)
     report = (out / "report.md").read_text()
     logged = (out / "run" / "log.jsonl").read_text().strip()
