@@ -22,7 +22,8 @@ from fitv2.model.fit import build_model
 from fitv2.names import ATTENTION_NAMES
 from fitv2.tokens import first_fit_rows, pack_sequences
 
-DEVICE = torch.device("cuda")
+# FITV2_CHECK_DEVICE=cpu runs the checks on the CPU, to try the script where no GPU is (autocast and kernels differ).
+DEVICE = torch.device(os.environ.get("FITV2_CHECK_DEVICE", "cuda"))
 
 
 def packed_batch(cfg, seed: int = 0) -> dict:
@@ -45,7 +46,7 @@ def packed_batch(cfg, seed: int = 0) -> dict:
 
 def loss_and_grads(model, batch, dtype, runtime: Runtime) -> tuple[float, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
         loss = flow_loss(model, **batch, runtime=runtime).loss
     loss.backward()
     return float(loss), [p.grad.float().clone() for p in model.parameters() if p.grad is not None]
@@ -85,7 +86,8 @@ def check_ddp() -> bool:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    tdist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    backend = "nccl" if DEVICE.type == "cuda" else "gloo"
+    tdist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     try:
         cfg = model_config("FiTv2-B/2", depth=2, class_dropout_prob=0.0)
         batch = packed_batch(cfg)
@@ -96,7 +98,8 @@ def check_ddp() -> bool:
             with torch.no_grad():
                 for p in model.parameters():
                     p.normal_(0, 0.02)
-            step_model = DistributedDataParallel(model, device_ids=[DEVICE.index or 0]) if wrap else model
+            ids = [DEVICE.index or 0] if DEVICE.type == "cuda" else None
+            step_model = DistributedDataParallel(model, device_ids=ids) if wrap else model
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
             loss = flow_loss(step_model, **batch).loss
             loss.backward()
@@ -104,14 +107,14 @@ def check_ddp() -> bool:
             results.append([p.detach().clone() for p in model.parameters()])
         worst = max(float((a - b).abs().max()) for a, b in zip(*results))
         good = worst <= 1e-5
-        print(f"{'PASS' if good else 'FAIL'} DDP on nccl: parameters after one step differ by {worst:.2e}")
+        print(f"{'PASS' if good else 'FAIL'} DDP on {backend}: parameters after one step differ by {worst:.2e}")
         return good
     finally:
         tdist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    if not torch.cuda.is_available():
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: no CUDA device")
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     checks = {"attention": check_attention, "ddp": check_ddp}
