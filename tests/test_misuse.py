@@ -179,6 +179,7 @@ CASES = [
     ("demo --preset FiTv2-Huge/2", "invalid choice"),
     ("demo --data {missing}", "dataset folder not found"),
     ("demo --data {empty}", "has no metadata.jsonl"),
+    ("demo --classifier {missing}", "classifier folder not found"),
     ("demo --out {file}", "is a file"),
     # no command at all
     ("", "required"),

@@ -435,8 +435,11 @@ class DemoOptions(Options):
     preset: str = opt("FiTv2-Mini/4", choices=tuple(PRESETS), help="model preset")
     data: str = opt(
         "glyphs",
-        help="glyphs (the embedded glyph data; the demo also trains their classifier and reports how often the "
-        "samples are recognised), clipart (the embedded clipart), or a folder with metadata.jsonl",
+        help="glyphs (the embedded glyph data; their classifier says how often the samples are recognised), "
+        "clipart (the embedded clipart), or a folder with metadata.jsonl",
+    )
+    classifier: str | None = opt(
+        None, help="classifier folder that judges the samples (not set: the glyphs' own; none for other data)"
     )
     seed: int = opt(0, ge=0, help="seed")
 
@@ -444,6 +447,8 @@ class DemoOptions(Options):
         check_fields(self)
 
     def check_environment(self) -> None:
+        if self.classifier is not None:
+            check_exists(self.classifier, "classifier folder")
         if self.data not in ("glyphs", "clipart"):
             check_exists(self.data, "dataset folder")
             if not (Path(self.data) / "metadata.jsonl").is_file():
@@ -514,6 +519,7 @@ class ClassifierOptions(Options):
     budget: int = opt(32, ge=16, help="input side S: trains on areas (S/2)²..(4S/3)², evaluates at S²")
     max_minutes: float | None = opt(None, gt=0, help="stop after this long (the schedule adapts)")
     hflip: bool = opt(True, help="random horizontal flips (off for glyphs: a mirrored b is a d)")
+    widths: str = opt("32,64,128,256", metavar="W1,W2,...", help="channels of the stem and each stage")
     seed: int = opt(0, ge=0, help="seed")
     quiet: bool = opt(False, help="no progress output")
 
@@ -521,6 +527,19 @@ class ClassifierOptions(Options):
         check_fields(self)
         if not self.out:
             raise ConfigError("--out is required: the folder to write the classifier to")
+        self.width_list  # noqa: B018  (parses --widths)
+
+    @property
+    def width_list(self) -> tuple[int, ...]:
+        try:
+            widths = tuple(int(w) for w in self.widths.split(","))
+        except ValueError:
+            widths = ()
+        if len(widths) < 2 or min(widths) < 1:
+            raise ConfigError(
+                f"--widths must be two or more positive whole numbers, e.g. 32,64,128; got {self.widths!r}"
+            )
+        return widths
 
     def check_environment(self) -> None:
         check_exists(self.data, "image folder or JSONL file")

@@ -12,7 +12,7 @@ from .options import ClassifierOptions
 def run(args: argparse.Namespace) -> int:
     opts = ClassifierOptions.from_dict(given(args, ClassifierOptions))
     opts.check_environment()
-    from ..eval.classifier import train_classifier
+    from ..eval.classifier import ClassifierConfig, train_classifier
 
     start = time.perf_counter()
     meta = train_classifier(
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
         seed=opts.seed,
         max_minutes=opts.max_minutes,
         hflip=opts.hflip,
+        config=ClassifierConfig(num_classes=0, widths=opts.width_list),
         progress=not opts.quiet,
     )
     acc = meta["test_accuracy"]
