@@ -151,7 +151,7 @@ def test_bf16_step_speedup_is_measured_on_the_model():
     from fitv2.training.precision import bf16_step_speedup, choose_precision
 
     model = FiT(tiny_config())
-    assert bf16_step_speedup(model, 2, 16, torch.device("cpu"), repeats=1) > 0
+    assert bf16_step_speedup(model, 2, 16, torch.device("cpu"), rounds=3, seconds=0.1) > 0
     assert all(p.grad is None for p in model.parameters())
     assert choose_precision("fp32", lambda: 9.0) == ("fp32", None)
     assert choose_precision("auto", lambda: 1.5) == ("bf16", 1.5)

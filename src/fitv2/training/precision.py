@@ -3,12 +3,13 @@
 bf16 autocast is 2-7× faster than fp32 where the hardware has bf16 matrix units (GPUs since Ampere,
 CPUs with AMX or AVX-512-BF16) and many times slower where bf16 is emulated, so the choice is measured,
 not assumed: a forward and backward pass of the run's own model on a batch of the dataset's largest
-images, fp32 against bf16, after a warm-up, best of a few.
+images, fp32 against bf16 in alternating rounds after a warm-up, the median ratio.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 
@@ -38,10 +39,14 @@ def bf16_matmul_speedup(size: int = 768, repeats: int = 3) -> float:
     return best(a) / best(a.bfloat16())
 
 
-def bf16_step_speedup(model: FiT, batch_size: int, tokens: int, device: torch.device, repeats: int = 3) -> float:
+def bf16_step_speedup(
+    model: FiT, batch_size: int, tokens: int, device: torch.device, rounds: int = 7, seconds: float = 2.0
+) -> float:
     """fp32 time / bf16 time of a training step's forward and backward pass of ``model`` on ``batch_size``
-    random images of about ``tokens`` tokens (square), best of ``repeats`` after a warm-up each. The
-    gradients it leaves are cleared; no parameter changes."""
+    random images of about ``tokens`` tokens (square): the median over alternating rounds (one fp32 step,
+    then one bf16 step, after a warm-up of each), at least three and up to ``rounds``, within about
+    ``seconds``, so that a burst of load on a shared machine tips no single comparison. The gradients it
+    leaves are cleared; no parameter changes."""
     cfg = model.config
     side = max(1, math.isqrt(tokens))
     layout = image_layout(batch_size, side, side, cfg.text_len).to(device)
@@ -55,27 +60,22 @@ def bf16_step_speedup(model: FiT, batch_size: int, tokens: int, device: torch.de
     t = torch.full((batch_size,), 0.5, device=device)
     keep = torch.zeros(batch_size, dtype=torch.bool, device=device)
 
-    def step(precision: str) -> Callable[[], None]:
-        def run() -> None:
-            with Runtime(precision=precision).autocast(device):
-                loss = flow_loss(model, x1, condition, layout, t=t, x0=torch.zeros_like(x1), label_drop=keep).loss
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+    def step(precision: str) -> float:
+        start = time.perf_counter()
+        with Runtime(precision=precision).autocast(device):
+            loss = flow_loss(model, x1, condition, layout, t=t, x0=torch.zeros_like(x1), label_drop=keep).loss
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
 
-        return run
-
-    def best(run: Callable[[], None]) -> float:
-        run()  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    return best(step("fp32")) / best(step("bf16"))
+    step("fp32"), step("bf16")  # warm-up: the first call of each picks its kernels
+    ratios: list[float] = []
+    began = time.perf_counter()
+    while len(ratios) < 3 or (len(ratios) < rounds and time.perf_counter() - began < seconds):
+        ratios.append(step("fp32") / step("bf16"))
+    return statistics.median(ratios)
 
 
 def choose_precision(requested: str, speedup: Callable[[], float]) -> tuple[str, float | None]:
