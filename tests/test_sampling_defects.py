@@ -302,7 +302,7 @@ def test_compiled_blocks_with_flex_attention_match_eager(monkeypatch):
 
 @pytest.mark.parametrize("rows", [0, 1, 3, 40])
 def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
-    from fitv2.cli.demo import DemoConfig, _report
+    from fitv2.cli.demo import DemoConfig, _report, demo_sizes
 
     log = [
         {
@@ -316,7 +316,7 @@ def test_demo_report_works_for_any_number_of_log_rows(tmp_path, rows):
     ]
     result = SimpleNamespace(step=max(3, 10 * rows), tokens_per_s=1234.0, checkpoint=tmp_path / "ckpt")
     sampler = SimpleNamespace(model=FiT(tiny_config()))
-    _report(tmp_path, DemoConfig(out=str(tmp_path)), result, {"train": 3.0}, log, sampler)
+    _report(tmp_path, DemoConfig(out=str(tmp_path)), result, {"train": 3.0}, log, sampler, demo_sizes(24, (7, 5)))
     report = (tmp_path / "report.md").read_text()
     assert f"Training: {result.step} steps" in report and "Loss:" in report
     assert "nan" not in report.lower()
@@ -327,7 +327,7 @@ def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
     # a few glyphs of every class (the embedded files, listed by absolute path) keep the demo's data quick
     import json
 
-    from fitv2.cli.demo import GLYPHS, DemoConfig, run_demo
+    from fitv2.cli.demo import GLYPHS, DemoConfig, run_demo, training_shape
 
     rows, seen = [], {}
     for line in (GLYPHS / "metadata.jsonl").read_text().splitlines():
@@ -349,7 +349,12 @@ def test_a_demo_too_short_for_one_log_row_still_reports(tmp_path):
     assert (out / "samples.png").is_file() and (out / "loss.png").is_file()
     # the glyph demo judges its samples with its own classifier: one line says how often they are recognised
     recognised = [line for line in report.splitlines() if line.startswith("Recognised:")]
-    assert len(recognised) == 1 and "of the samples at 32x32" in recognised[0] and "real test images" in recognised[0]
+    # at the glyphs' own training shape (taller than wide), not the square
+    h, w = training_shape(out / "tokens")
+    assert h > w and cfg.budget == 24
+    assert len(recognised) == 1 and f"of the samples at {4 * h}x{4 * w}" in recognised[0]
+    assert "real test images" in recognised[0]
+    assert f"| {4 * h}x{4 * w} | {h * w} | none | the most common training shape" in report
 
 
 def test_text_demo_prompts_and_nearest_training_images():

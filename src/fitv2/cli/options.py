@@ -427,7 +427,7 @@ def check_port(host: str, port: int) -> None:
 
 @dataclass
 class DemoOptions(Options):
-    minutes: float = opt(8.0, gt=0, help="training time budget in minutes")
+    minutes: float = opt(10.0, gt=0, help="training time budget in minutes")
     out: str | None = opt(None, help="output folder (not set: runs/demo, with --text runs/demo_text)")
     text: bool = opt(
         False, help="the text-to-image model: train on the data's captions, sample from test-split prompts"
