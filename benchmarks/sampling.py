@@ -230,7 +230,10 @@ def write_report(out: Path, rows: list[dict], sizes, args, sampler: Sampler) -> 
         "# Sampling: quality against cost",
         "",
         f"`python benchmarks/sampling.py --run {args.run} --classifier {args.classifier} --reference {args.reference}"
+        + (f" --sizes {args.sizes}" if args.sizes else "")
         + (f" --per-class {args.per_class}" if args.per_class != 4 else "")
+        + (f" --cfg-scale {args.cfg_scale:g}" if args.cfg_scale != 4.0 else "")
+        + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1] else "")
         + (" --quick" if args.quick else "")
         + f" --out {args.out}`",
         "",
