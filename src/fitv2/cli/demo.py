@@ -74,7 +74,7 @@ class DemoConfig:
     classifier: str | None = str(GLYPHS / "classifier")  # judges the samples (None: no recognition rates)
     recognise_per_class: int = 10  # at the training size
     recognise_per_class_elsewhere: int = 4  # at the other sizes
-    # Glyphs are taller than wide (most are 7x5 tokens at a 24-pixel budget, 9x6 at 32): the training size
+    # Glyphs are taller than wide (most are 6x5 or 7x4 tokens at a 24-pixel budget, 9x6 at 32): the training size
     # they are sampled and judged at is the prepared data's most common token grid, not the square.
     native_shape: bool = True
 
