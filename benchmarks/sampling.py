@@ -303,7 +303,7 @@ def write_report(out: Path, rows: list[dict], sizes, args, sampler: Sampler) -> 
             f"**Headline: equal quality at {speed:.1f}× less wall time than the published setting** "
             f"(`{name}` against `{BASELINE.name}` at the training size; {nfe:.1f}× fewer model evaluations).\n",
         )
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
