@@ -78,6 +78,10 @@ class DemoConfig:
     # they are sampled and judged at is the prepared data's most common token grid, not the square.
     native_shape: bool = True
 
+    def sampling(self) -> tuple[SolverConfig, Guidance]:
+        """The solver and guidance every demo sample is drawn with."""
+        return SolverConfig(self.solver, steps=self.steps), Guidance(scale=self.cfg_scale)
+
     @classmethod
     def for_data(cls, name: str, **options) -> DemoConfig:
         """The demo on ``glyphs`` (the default), ``clipart`` or a folder with metadata.jsonl (natural images:
@@ -183,8 +187,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         return out
     k = sampler.model.config.num_classes
     labels = torch.arange(k)
-    solver = SolverConfig(cfg.solver, steps=cfg.steps)
-    guidance = Guidance(scale=cfg.cfg_scale)
+    solver, guidance = cfg.sampling()
     results = {}
     for height, width, rope, _ in sizes:
         results[(height, width)] = sampler.generate(
@@ -244,7 +247,7 @@ def recognise(
     (resized to the budget's area, aspect kept)."""
     model = load_classifier(classifier)
     k = sampler.model.config.num_classes
-    solver, guidance = SolverConfig(cfg.solver, steps=cfg.steps), Guidance(scale=cfg.cfg_scale)
+    solver, guidance = cfg.sampling()
 
     def rate(images, ys) -> float:
         groups: dict[tuple, list[int]] = {}
@@ -300,7 +303,7 @@ def _sample_prompts(
 ) -> None:
     prompts = demo_prompts(metadata)
     text = sampler.encode_prompts([p for p, _ in prompts])
-    solver, guidance = SolverConfig(cfg.solver, steps=cfg.steps), Guidance(scale=cfg.cfg_scale)
+    solver, guidance = cfg.sampling()
     results = {}
     for height, width, rope, _ in sizes:
         results[(height, width)] = sampler.generate(
