@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from imagegen import make_class_folder
@@ -49,6 +51,17 @@ def test_uint8_and_float_inputs_agree_and_bad_shapes_fail():
         model(torch.zeros(1, 3, 20, 20, dtype=torch.uint8))
     with pytest.raises(ValueError, match="4 dims"):
         model(torch.zeros(20, 20, 3, dtype=torch.uint8))
+
+
+def test_a_read_only_array_is_taken_without_a_warning():
+    """Pixels of a PIL image or a loaded file are read-only numpy arrays: classified as they are, no warning."""
+    model = Classifier(ClassifierConfig(num_classes=3)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
+    frozen = images.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(model(frozen)["pool"], model(images)["pool"])
 
 
 def test_embed_resizes_to_the_input_area():

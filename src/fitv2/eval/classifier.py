@@ -96,6 +96,8 @@ def _joint_batch_norm(bn: nn.BatchNorm2d, xs: list[torch.Tensor]) -> list[torch.
 
 def to_model_input(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]; float (B, 3, H, W) passes through."""
+    if isinstance(images, np.ndarray) and not images.flags.writeable:
+        images = images.copy()  # read-only (a PIL image's pixels, a loaded file): torch.as_tensor would warn
     x = torch.as_tensor(images)
     if x.ndim != 4:
         raise ValueError(f"expected a batch of images (4 dims), got shape {tuple(x.shape)}")
