@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test in minutes")
     parser.add_argument("--work", default="runs/bench_t2i", help="working folder (datasets, runs, samples)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where t2i.md/json go")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where t2i_clipart.md/json go")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     first = [labels.index(c) for c in sorted(set(labels))]
     picks = {(BUDGET, BUDGET): images[first]}
     named = [f"{captions[i]} ({class_names[labels[i]]})" for i in first]
-    picture = results_dir / f"t2i_samples{'' if mode == 'full' else '_quick'}.png"
+    picture = results_dir / f"t2i_clipart_samples{'' if mode == 'full' else '_quick'}.png"
     prompt_grid(picks, named).save(picture)
 
     counts = Counter(labels)
@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         minutes=minutes,
     )
     suffix = "" if mode == "full" else "_quick"
-    (results_dir / f"t2i{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_report(results_dir / f"t2i{suffix}.md", report, len(labels))
-    print(f"done in {minutes:.1f} min: {results_dir / f't2i{suffix}.md'}")
+    (results_dir / f"t2i_clipart{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(results_dir / f"t2i_clipart{suffix}.md", report, len(labels))
+    print(f"done in {minutes:.1f} min: {results_dir / f't2i_clipart{suffix}.md'}")
     return 0
 
 
@@ -182,7 +182,7 @@ def write_report(path: Path, r: dict, n_test: int) -> None:
     for scale in CFG_SCALES:
         c, t = by[("class", scale)], by[("text", scale)]
         lines.append(f"| {scale:g} | {c['consistency']:.3f} | {t['consistency']:.3f} | {c['fd']:.2f} | {t['fd']:.2f} |")
-    picture = "t2i_samples.png" if r["mode"] == "full" else "t2i_samples_quick.png"
+    picture = "t2i_clipart_samples.png" if r["mode"] == "full" else "t2i_clipart_samples_quick.png"
     lines += ["", f"![text arm, cfg 4: the first test caption of each class]({picture})", ""]
     path.write_text("\n".join(lines) + "\n")
 
