@@ -386,10 +386,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     ds, s = DATASETS[args.data], SETTINGS[(args.data, mode)]
-    index, count = (int(v) for v in args.shard.split("/"))
+    try:
+        index, count = (int(v) for v in args.shard.split("/"))
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--shard {args.shard!r} / --seeds {args.seeds!r}: expected I/N and comma-separated integers")
     if not 0 <= index < count:
         parser.error(f"--shard {args.shard}: I must be in 0..N-1")
-    seeds = [int(v) for v in args.seeds.split(",")]
+    arms = args.arms.split(",")
+    if unknown := [a for a in arms if a not in ARMS]:
+        parser.error(f"--arms: unknown {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     work = Path(args.work) / args.data / mode
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -405,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     classifier_acc = load_classifier(classifier).meta.get("test_accuracy", float("nan"))
 
-    jobs = [(arm, seed) for seed in seeds for arm in args.arms.split(",")]
+    jobs = [(arm, seed) for seed in seeds for arm in arms]
     for arm, seed in jobs[index::count]:
         job = work / f"{arm}_s{seed}"
         if (job / "result.json").is_file():
