@@ -46,8 +46,8 @@ from fitv2.sampling import Guidance, Sampler, SolverConfig, write_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 # Each dataset: its metadata, the token budget (pixels per side), where the evaluation classifier comes
-# from (trained here, or the one that ships with the data), whether training flips images, the guidance of
-# the samples, and the sizes evaluated in distribution and beyond the budget (height, width, note).
+# from (trained here, or the one that ships with the data), whether training flips images, the sizes
+# evaluated in distribution and beyond the budget (height, width, note), and the RoPE methods tried beyond.
 DATASETS = {
     "clipart": dict(
         data=ROOT / "data" / "clipart" / "metadata.jsonl",
