@@ -24,6 +24,7 @@ same captions (its ceiling) and on the samples against a shuffled caption (chanc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -80,8 +81,14 @@ SETTINGS = {
 }
 
 
+@functools.cache
+def records() -> tuple[dict, ...]:
+    """Every row of the glyphs' metadata (read once)."""
+    return tuple(map(json.loads, DATA.read_text().splitlines()))
+
+
 def rows(split: str) -> list[dict]:
-    return [r for r in map(json.loads, DATA.read_text().splitlines()) if r["split"] == split]
+    return [r for r in records() if r["split"] == split]
 
 
 def style_of(r: dict) -> str:
@@ -118,9 +125,9 @@ def attribute_classifier(attribute: str, work: Path, s: dict, seed: int) -> Path
     out = work / f"classifier_{attribute}"
     if (out / "classifier.json").is_file():
         return out
-    records = [r for r in map(json.loads, DATA.read_text().splitlines()) if r["split"] in ("train", "test")]
+    labelled = rows("train") + rows("test")
     value = style_of if attribute == "style" else (lambda r: r[attribute])
-    names = sorted({value(r) for r in records})
+    names = sorted({value(r) for r in labelled})
     lines = [
         json.dumps(
             {
@@ -130,7 +137,7 @@ def attribute_classifier(attribute: str, work: Path, s: dict, seed: int) -> Path
                 "split": r["split"],
             }
         )
-        for r in records
+        for r in labelled
     ]
     table = work / f"{attribute}.jsonl"
     table.write_text("\n".join(lines) + "\n")
@@ -146,6 +153,7 @@ def attribute_classifier(attribute: str, work: Path, s: dict, seed: int) -> Path
     return out
 
 
+@functools.cache
 def palette() -> tuple[list[str], np.ndarray]:
     colours = json.loads((GLYPHS / "build_stats.json").read_text())["colours"]
     return list(colours), np.array([c["rgb"] for c in colours.values()], dtype=np.float32)
@@ -199,7 +207,7 @@ def accuracy(read: dict[str, list[str]], prompts: list[dict]) -> dict[str, float
     acc["all"] = float(np.mean([all(read[a][i] == w[a] for a in ATTRIBUTES) for i, w in enumerate(wanted)]))
     held = [r.get("held_out") for r in prompts]
     if held[0] is not None:
-        key = {"fg": "fg", "style": "style"}[held[0]]
+        key = held[0]  # "fg" or "style", an attribute's own name
         acc["pair"] = float(
             np.mean([read["character"][i] == w["character"] and read[key][i] == w[key] for i, w in enumerate(wanted)])
         )
@@ -212,9 +220,18 @@ def real_images(prompts: list[dict]) -> list[np.ndarray]:
 
 
 def read_each(scorer: Scorer, images: list[np.ndarray]) -> dict[str, list[str]]:
-    """Score images of different shapes one by one (real glyphs keep their native aspect ratio)."""
-    reads = [scorer.read(im[None]) for im in images]
-    return {k: [r[k][0] for r in reads] for k in reads[0]}
+    """Score images of different shapes (real glyphs keep their native aspect ratio), a batch per shape."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, im in enumerate(images):
+        by_shape.setdefault(im.shape, []).append(i)
+    out: dict[str, list[str]] = {}
+    for indices in by_shape.values():
+        read = scorer.read(np.stack([images[i] for i in indices]))
+        for key, values in read.items():
+            out.setdefault(key, [""] * len(images))
+            for i, v in zip(indices, values):
+                out[key][i] = v
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
